@@ -1,0 +1,3 @@
+from phone_agent.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""The ASGI application: Twilio's webhook, the media stream socket, health and readiness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from phone_agent import webhook
+from phone_agent.bridge import CallBridge, CallSummary, ModelConnect
+from phone_agent.config import Settings
+from phone_agent.gemini import GeminiConnector
+
+log = logging.getLogger(__name__)
+
+TWIML = "application/xml"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    connect_model: ModelConnect | None = None
+    offline: bool = False
+    active_calls: int = 0
+    calls_total: int = 0
+    summaries: list[CallSummary] = field(default_factory=list)
+    keep_summaries: int = 0
+
+
+async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
+    """Point calls at Gemini, or in offline mode at a built-in emulator started here."""
+    settings = state.settings
+    if settings.offline:
+        from phone_agent.emulator import GeminiEmulator
+
+        emulator = GeminiEmulator()
+        await emulator.start()
+        stack.push_async_callback(emulator.close)
+        log.warning(
+            "GEMINI_API_KEY is not set: offline mode, the built-in Gemini Live emulator answers "
+            "calls at %s",
+            emulator.base_url,
+            extra={"event": "model.offline", "base_url": emulator.base_url},
+        )
+        connector = GeminiConnector(
+            settings,
+            api_key="offline-emulator",
+            base_url=emulator.base_url,
+            ssl_context=emulator.client_ssl_context(),
+        )
+        state.offline = True
+    else:
+        key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else "none"
+        connector = GeminiConnector(settings, api_key=key, base_url=settings.gemini_base_url)
+    state.connect_model = connector.connect
+
+
+def create_app(
+    settings: Settings,
+    *,
+    connect_model: ModelConnect | None = None,
+    keep_summaries: int = 0,
+) -> Starlette:
+    """Build the app. `connect_model` replaces the Gemini connector (tests, other models)."""
+    state = AppState(settings=settings, connect_model=connect_model, keep_summaries=keep_summaries)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if state.connect_model is None:
+                await _start_model(state, stack)
+            yield
+
+    async def voice(request: Request) -> Response:
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        token = settings.twilio_auth_token
+        if token is None or settings.public_url is None:
+            webhook.log_webhook(form, "refused: TWILIO_AUTH_TOKEN or PHONE_AGENT_PUBLIC_URL unset")
+            return PlainTextResponse("Forbidden", status_code=403)
+        url = webhook.signed_url(settings.public_url, request.url.path, request.url.query)
+        signature = request.headers.get(webhook.SIGNATURE_HEADER)
+        if not webhook.signature_is_valid(token.get_secret_value(), url, form, signature):
+            webhook.log_webhook(form, "refused: bad signature")
+            return PlainTextResponse("Forbidden", status_code=403)
+        stream_url = settings.media_stream_url()
+        assert stream_url is not None
+        webhook.log_webhook(form, "connected")
+        twiml = webhook.connect_twiml(stream_url, webhook.call_parameters(form))
+        return Response(twiml, media_type=TWIML)
+
+    async def media(websocket: WebSocket) -> None:
+        connect = state.connect_model
+        if connect is None:  # pragma: no cover - lifespan always sets it
+            await websocket.close(code=1013)
+            return
+        bridge = CallBridge(
+            websocket,
+            connect,
+            start_timeout_s=settings.start_timeout_s,
+            max_message_bytes=settings.max_message_bytes,
+            mark_interval_ms=settings.mark_interval_ms,
+        )
+        state.active_calls += 1
+        state.calls_total += 1
+        try:
+            summary = await bridge.run()
+        finally:
+            state.active_calls -= 1
+        if state.keep_summaries:
+            state.summaries.append(summary)
+            del state.summaries[: -state.keep_summaries]
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        ready = state.connect_model is not None
+        body = {
+            "status": "ready" if ready else "starting",
+            "active_calls": state.active_calls,
+            "offline": state.offline,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    app = Starlette(
+        routes=[
+            Route("/twilio/voice", voice, methods=["POST"]),
+            WebSocketRoute("/twilio/media", media),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.phone_agent = state
+    return app
+

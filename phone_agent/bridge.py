@@ -1,0 +1,321 @@
+"""One phone call: the Twilio media socket bridged to a Gemini Live session.
+
+Structured concurrency: after `start`, one task group owns the uplink pump (caller → model) and the
+downlink pump (model → caller). Whichever side ends first (Twilio `stop` or socket close; model close
+or error) cancels the other; leaving the group closes the model session, then the socket. Nothing
+outlives the call.
+
+Bad input from the network is a `TwilioProtocolError`: one log line, the socket closed with 1008,
+no stack trace to the peer, no other call disturbed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from phone_agent import gemini
+from phone_agent.audio import DownlinkConverter, UplinkConverter
+from phone_agent.logs import mask_number
+from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
+from phone_agent.twilio_protocol import (
+    MULAW_BYTES_PER_MS,
+    SILENCE_BYTE,
+    Connected,
+    Dtmf,
+    MarkEcho,
+    Media,
+    Start,
+    Stop,
+    TwilioProtocolError,
+    TwilioStream,
+)
+
+log = logging.getLogger(__name__)
+
+ModelConnect = Callable[[], AbstractAsyncContextManager[gemini.ModelSession]]
+
+
+class EndReason(enum.Enum):
+    CALLER_STOP = "caller_stop"
+    CALLER_DISCONNECT = "caller_disconnect"
+    START_TIMEOUT = "start_timeout"
+    PROTOCOL_ERROR = "protocol_error"
+    MODEL_CLOSED = "model_closed"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+_CLOSE_CODES = {
+    EndReason.PROTOCOL_ERROR: 1008,
+    EndReason.START_TIMEOUT: 1008,
+    EndReason.INTERNAL_ERROR: 1011,
+}
+
+
+class _CallerGone(Exception):
+    pass
+
+
+@dataclass
+class CallSummary:
+    """What happened on one call; logged at its end and returned to tests."""
+
+    call_sid: str = ""
+    stream_sid: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    end_reason: EndReason | None = None
+    detail: str = ""
+    frames_in: int = 0
+    gap_fill_ms: int = 0
+    dtmf: list[str] = field(default_factory=list)
+    clears: int = 0
+    dropped_audio_chunks: int = 0
+    caller_transcript: list[str] = field(default_factory=list)
+    agent_transcript: list[str] = field(default_factory=list)
+    usage: list[gemini.Usage] = field(default_factory=list)
+    tracker: PlaybackTracker | None = None
+
+    def as_log(self) -> dict[str, Any]:
+        turns = self.tracker.turns if self.tracker is not None else []
+        return {
+            "event": "call.end",
+            "call_sid": self.call_sid,
+            "reason": self.end_reason.value if self.end_reason else None,
+            "detail": self.detail,
+            "duration_s": round(self.ended_at - self.started_at, 3) if self.started_at else 0.0,
+            "frames_in": self.frames_in,
+            "dtmf": "".join(self.dtmf),
+            "clears": self.clears,
+            "turns": [
+                {
+                    "generation": t.generation,
+                    "sent_ms": round(t.sent_ms),
+                    "heard_ms": round(t.heard_ms),
+                    "interrupted": t.interrupted,
+                    "first_heard_after_sent_ms": (
+                        round((t.first_heard_at - t.first_sent_at) * 1000)
+                        if t.first_heard_at is not None
+                        else None
+                    ),
+                }
+                for t in turns
+            ],
+        }
+
+
+class CallBridge:
+    """Runs one media-stream WebSocket from `accept` to close."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        connect_model: ModelConnect,
+        *,
+        start_timeout_s: float = 5.0,
+        max_message_bytes: int = 64 * 1024,
+        mark_interval_ms: float = 100.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.websocket = websocket
+        self.connect_model = connect_model
+        self.start_timeout_s = start_timeout_s
+        self.clock = clock
+        self.stream = TwilioStream(max_message_bytes=max_message_bytes)
+        self.tracker = PlaybackTracker(mark_interval_ms=mark_interval_ms)
+        self.uplink = UplinkConverter()
+        self.downlink = DownlinkConverter()
+        self.summary = CallSummary(tracker=self.tracker)
+
+    async def run(self) -> CallSummary:
+        summary = self.summary
+        await self.websocket.accept()
+        try:
+            start = await self._await_start()
+            summary.call_sid, summary.stream_sid = start.call_sid, start.stream_sid
+            summary.started_at = self.clock()
+            log.info(
+                "call started",
+                extra={
+                    "event": "call.start",
+                    "call_sid": start.call_sid,
+                    "from": mask_number(start.custom_parameters.get("from")),
+                },
+            )
+            async with self.connect_model() as session:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._guard, self._uplink_pump(session), group.cancel_scope)
+                    group.start_soon(self._guard, self._downlink_pump(session), group.cancel_scope)
+        except TwilioProtocolError as exc:
+            self._end(EndReason.PROTOCOL_ERROR, str(exc))
+        except TimeoutError:
+            self._end(EndReason.START_TIMEOUT, f"no 'start' within {self.start_timeout_s:g} s")
+        except _CallerGone:
+            self._end(EndReason.CALLER_DISCONNECT, "socket closed")
+        except gemini.ModelSessionClosed as exc:
+            self._end(EndReason.MODEL_UNAVAILABLE, str(exc))
+        except Exception as exc:
+            log.exception("call failed", extra={"event": "call.error", "call_sid": summary.call_sid})
+            self._end(EndReason.INTERNAL_ERROR, type(exc).__name__)
+        finally:
+            summary.ended_at = self.clock()
+            await self._close()
+            self._log_end()
+        return summary
+
+    # -- pumps ------------------------------------------------------------------------------
+
+    async def _guard(self, pump: Any, scope: anyio.CancelScope) -> None:
+        """Run one pump; its end, for any expected reason, ends the call."""
+        try:
+            await pump
+        except TwilioProtocolError as exc:
+            self._end(EndReason.PROTOCOL_ERROR, str(exc))
+        except _CallerGone:
+            self._end(EndReason.CALLER_DISCONNECT, "socket closed")
+        except gemini.ModelSessionClosed as exc:
+            self._end(EndReason.MODEL_CLOSED, str(exc))
+        finally:
+            scope.cancel()
+
+    async def _uplink_pump(self, session: gemini.ModelSession) -> None:
+        while True:
+            event = self.stream.receive(await self._receive())
+            if isinstance(event, Media):
+                self.summary.frames_in += 1
+                if event.gap_ms:
+                    self.summary.gap_fill_ms += event.gap_ms
+                    filler = SILENCE_BYTE * (event.gap_ms * MULAW_BYTES_PER_MS)
+                    await session.send_audio(self.uplink.convert(filler))
+                await session.send_audio(self.uplink.convert(event.payload))
+            elif isinstance(event, MarkEcho):
+                outcome = self.tracker.on_mark(event.name, self.clock())
+                if outcome is not None and outcome.first_audio_heard:
+                    turn = outcome.turn
+                    assert turn.first_heard_at is not None
+                    log.debug(
+                        "first agent audio heard",
+                        extra={
+                            "event": "turn.first_heard",
+                            "call_sid": self.summary.call_sid,
+                            "generation": turn.generation,
+                            "after_sent_ms": round((turn.first_heard_at - turn.first_sent_at) * 1e3),
+                        },
+                    )
+            elif isinstance(event, Dtmf):
+                self.summary.dtmf.append(event.digit)
+            elif isinstance(event, Stop):
+                # A `stop` also comes when the call is redirected (a transfer): end the stream,
+                # never the phone call itself.
+                self._end(EndReason.CALLER_STOP, "stop")
+                return
+
+    async def _downlink_pump(self, session: gemini.ModelSession) -> None:
+        events: AsyncIterator[gemini.ModelEvent] = session.events()
+        async for event in events:
+            if isinstance(event, gemini.ModelAudio):
+                if not self.tracker.accepts_audio():
+                    self.summary.dropped_audio_chunks += 1
+                    continue
+                await self._play(self.downlink.convert(event.pcm24k))
+            elif isinstance(event, gemini.Interrupted):
+                self.downlink.reset()
+                await self._execute(self.tracker.on_interrupted(self.clock()))
+            elif isinstance(event, gemini.TurnComplete):
+                if self.tracker.accepts_audio():
+                    await self._play(self.downlink.flush())
+                await self._execute(self.tracker.on_turn_complete(self.clock()))
+            elif isinstance(event, gemini.OutputTranscript):
+                self.summary.agent_transcript.append(event.text)
+            elif isinstance(event, gemini.InputTranscript):
+                self.summary.caller_transcript.append(event.text)
+            elif isinstance(event, gemini.Usage):
+                self.summary.usage.append(event)
+        self._end(EndReason.MODEL_CLOSED, "event stream ended")
+
+    async def _play(self, mulaw: bytes) -> None:
+        if not mulaw:
+            return
+        await self._send(self.stream.media(mulaw))
+        commands = self.tracker.on_audio_sent(len(mulaw) / MULAW_BYTES_PER_MS, self.clock())
+        await self._execute(commands)
+
+    async def _execute(self, commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, SendMark):
+                await self._send(self.stream.mark(command.name))
+            elif isinstance(command, SendClear):
+                self.summary.clears += 1
+                await self._send(self.stream.clear())
+
+    # -- socket -----------------------------------------------------------------------------
+
+    async def _await_start(self) -> Start:
+        with anyio.fail_after(self.start_timeout_s):
+            while True:
+                event = self.stream.receive(await self._receive())
+                if isinstance(event, Start):
+                    return event
+                if not isinstance(event, Connected):  # pragma: no cover - the parser forbids it
+                    raise TwilioProtocolError(f"unexpected {type(event).__name__} before start")
+
+    async def _receive(self) -> str | bytes:
+        try:
+            message = await self.websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            raise _CallerGone from None
+        if message["type"] == "websocket.disconnect":
+            raise _CallerGone
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.websocket.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise _CallerGone from None
+
+    async def _close(self) -> None:
+        if self.websocket.client_state is not WebSocketState.CONNECTED:
+            return
+        if self.websocket.application_state is not WebSocketState.CONNECTED:
+            return
+        reason = self.summary.end_reason
+        code = _CLOSE_CODES.get(reason, 1000) if reason is not None else 1000
+        try:
+            await self.websocket.close(code=code)
+        except (RuntimeError, OSError):
+            pass
+
+    def _end(self, reason: EndReason, detail: str) -> None:
+        """Record why the call ended; the first reason wins."""
+        if self.summary.end_reason is None:
+            self.summary.end_reason = reason
+            self.summary.detail = detail
+
+    def _log_end(self) -> None:
+        reason = self.summary.end_reason
+        if reason in (EndReason.PROTOCOL_ERROR, EndReason.START_TIMEOUT):
+            log.warning(
+                "media stream rejected: %s",
+                self.summary.detail,
+                extra={
+                    "event": "call.rejected",
+                    "call_sid": self.summary.call_sid,
+                    "reason": reason.value if reason else None,
+                },
+            )
+            return
+        level = logging.WARNING if reason is EndReason.MODEL_UNAVAILABLE else logging.INFO
+        log.log(level, "call ended", extra=self.summary.as_log())

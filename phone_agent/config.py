@@ -1,0 +1,181 @@
+"""Configuration from the environment (and an optional `.env` file).
+
+Every setting has one environment variable; a bad value stops the server at start with a message
+that names the variable (see `describe_validation_error`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly, concise phone assistant for a small online shop. You are speaking on a "
+    "telephone line: keep every answer short (one or two sentences), never read out lists longer "
+    "than three items, and ask one question at a time. If you do not know something, say so."
+)
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the environment variable at fault."""
+
+
+class Settings(BaseSettings):
+    """All runtime settings. Field docs are the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PHONE_AGENT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    gemini_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GEMINI_API_KEY", "gemini_api_key"),
+        description="Gemini API key. Absent: offline mode, the built-in emulator answers.",
+    )
+    gemini_base_url: str | None = Field(
+        default=None,
+        description="Gemini API base URL, e.g. a local emulator (https://127.0.0.1:8765). "
+        "SSL_CERT_FILE is honoured for its CA.",
+    )
+    model: str = Field(
+        default="gemini-live-2.5-flash-preview", description="Gemini Live model name."
+    )
+    voice: str = Field(default="Puck", description="Prebuilt voice name.")
+    language_code: str = Field(default="en-US", description="Speech language (BCP-47).")
+    system_prompt: str | None = Field(default=None, description="System instruction, inline.")
+    system_prompt_file: Path | None = Field(
+        default=None, description="System instruction read from a UTF-8 file."
+    )
+    twilio_account_sid: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid"),
+        description="Twilio account SID (AC…).",
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
+        description="Twilio auth token; webhooks are refused (403) without it.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The https base URL Twilio calls, e.g. https://agent.example.com. "
+        "Signatures are checked against it, and the stream URL is derived from it.",
+    )
+    start_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds a media socket may take to send `start`."
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest media-socket message accepted; larger closes the call.",
+    )
+    mark_interval_ms: int = Field(
+        default=100,
+        ge=20,
+        le=2000,
+        description="Playback position granularity: a mark is sent after this much agent audio.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Log lines as JSON objects or plain text."
+    )
+
+    @field_validator("gemini_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://127.0.0.1:8765")
+        return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise ValueError("must be an absolute URL such as https://agent.example.com")
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and parts.hostname in _LOCAL_HOSTS
+        ):
+            raise ValueError("must be https (plain http is allowed only for localhost)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _check_prompt_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Settings:
+        if self.system_prompt and self.system_prompt_file:
+            raise ValueError(
+                "set PHONE_AGENT_SYSTEM_PROMPT or PHONE_AGENT_SYSTEM_PROMPT_FILE, not both"
+            )
+        return self
+
+    @property
+    def offline(self) -> bool:
+        """No API key and no base URL: the built-in emulator plays the model."""
+        return self.gemini_api_key is None and self.gemini_base_url is None
+
+    def system_instruction(self) -> str:
+        if self.system_prompt_file is not None:
+            return self.system_prompt_file.read_text(encoding="utf-8")
+        return self.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+    def media_stream_url(self) -> str | None:
+        """The `wss://` URL Twilio must connect the media stream to."""
+        if self.public_url is None:
+            return None
+        parts = urlsplit(self.public_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path}/twilio/media"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"PHONE_AGENT_{field.upper()}"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = item.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        name = env_name(field) if field else "configuration"
+        lines.append(f"{name}: {item.get('msg', 'invalid value')}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise `ConfigError` naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -1,0 +1,301 @@
+"""Gemini Live, through the google-genai SDK: session setup, and server messages as typed events.
+
+Everything Gemini-specific lives here. The bridge sees `ModelSession` (send audio and text, iterate
+events) and `ModelEvent`s; it never touches SDK types.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import websockets
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from phone_agent.config import Settings
+
+log = logging.getLogger(__name__)
+
+INPUT_MIME = "audio/pcm;rate=16000"
+OUTPUT_RATE = 24000
+
+
+class ModelSessionClosed(Exception):
+    """The model's connection ended (cleanly or not)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"model session closed (code {code}): {reason}"[:300])
+        self.code = code
+        self.reason = reason
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelAudio:
+    pcm24k: bytes
+
+
+@dataclass(frozen=True)
+class OutputTranscript:
+    text: str
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    text: str
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    pass
+
+
+@dataclass(frozen=True)
+class GenerationComplete:
+    pass
+
+
+@dataclass(frozen=True)
+class TurnComplete:
+    pass
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    id: str
+    name: str
+    args: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    calls: tuple[FunctionCall, ...]
+
+
+@dataclass(frozen=True)
+class ToolCallCancelled:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GoAway:
+    time_left_s: float | None
+
+
+@dataclass(frozen=True)
+class ResumptionUpdate:
+    handle: str | None
+    resumable: bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    response_tokens: int
+    total_tokens: int
+    prompt_by_modality: dict[str, int] = field(hash=False)
+    response_by_modality: dict[str, int] = field(hash=False)
+
+
+ModelEvent = (
+    ModelAudio
+    | OutputTranscript
+    | InputTranscript
+    | Interrupted
+    | GenerationComplete
+    | TurnComplete
+    | ToolCallRequest
+    | ToolCallCancelled
+    | GoAway
+    | ResumptionUpdate
+    | Usage
+)
+
+
+def _duration_s(value: Any) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        return None
+
+
+def _by_modality(details: list[types.ModalityTokenCount] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in details or []:
+        name = item.modality.value if item.modality is not None else "UNSPECIFIED"
+        out[name] = out.get(name, 0) + (item.token_count or 0)
+    return out
+
+
+def translate(message: types.LiveServerMessage) -> list[ModelEvent]:
+    """One SDK message as events, in the order the bridge must act on them."""
+    events: list[ModelEvent] = []
+    if message.tool_call_cancellation is not None:
+        events.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
+    content = message.server_content
+    if content is not None:
+        if content.input_transcription is not None and content.input_transcription.text:
+            events.append(
+                InputTranscript(
+                    content.input_transcription.text, bool(content.input_transcription.finished)
+                )
+            )
+        if content.interrupted:
+            events.append(Interrupted())
+        if content.model_turn is not None:
+            for part in content.model_turn.parts or []:
+                blob = part.inline_data
+                if blob is not None and blob.data and (blob.mime_type or "").startswith("audio/"):
+                    events.append(ModelAudio(blob.data))
+        if content.output_transcription is not None and content.output_transcription.text:
+            events.append(OutputTranscript(content.output_transcription.text))
+        if content.generation_complete:
+            events.append(GenerationComplete())
+    if message.tool_call is not None:
+        calls = tuple(
+            FunctionCall(id=c.id or "", name=c.name or "", args=dict(c.args or {}))
+            for c in message.tool_call.function_calls or []
+        )
+        events.append(ToolCallRequest(calls))
+    if message.session_resumption_update is not None:
+        update = message.session_resumption_update
+        events.append(ResumptionUpdate(update.new_handle, bool(update.resumable)))
+    if message.go_away is not None:
+        events.append(GoAway(_duration_s(message.go_away.time_left)))
+    if message.usage_metadata is not None:
+        usage = message.usage_metadata
+        events.append(
+            Usage(
+                prompt_tokens=usage.prompt_token_count or 0,
+                response_tokens=usage.response_token_count or 0,
+                total_tokens=usage.total_token_count or 0,
+                prompt_by_modality=_by_modality(usage.prompt_tokens_details),
+                response_by_modality=_by_modality(usage.response_tokens_details),
+            )
+        )
+    if content is not None and content.turn_complete:
+        events.append(TurnComplete())
+    return events
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+class ModelSession(Protocol):
+    """What the bridge needs from a live model session."""
+
+    async def send_audio(self, pcm16k: bytes) -> None: ...
+
+    async def send_text(self, text: str) -> None: ...
+
+    def events(self) -> AsyncIterator[ModelEvent]: ...
+
+
+class GeminiSession:
+    """A connected Gemini Live session."""
+
+    def __init__(self, session: genai.live.AsyncSession) -> None:
+        self._session = session
+
+    async def send_audio(self, pcm16k: bytes) -> None:
+        try:
+            await self._session.send_realtime_input(
+                audio=types.Blob(data=pcm16k, mime_type=INPUT_MIME)
+            )
+        except websockets.ConnectionClosed as exc:
+            raise ModelSessionClosed(exc.rcvd.code if exc.rcvd else 1006, "send failed") from None
+
+    async def send_text(self, text: str) -> None:
+        await self._session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
+        )
+
+    async def events(self) -> AsyncIterator[ModelEvent]:
+        """Every event until the connection ends, which raises `ModelSessionClosed`."""
+        while True:
+            # receive() stops after each turnComplete; a call-long bridge loops over it.
+            try:
+                async for message in self._session.receive():
+                    for event in translate(message):
+                        yield event
+            except genai_errors.APIError as exc:
+                raise ModelSessionClosed(exc.code, str(exc.message or exc.status or "")) from None
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006
+                raise ModelSessionClosed(code, "connection closed") from None
+
+
+def connect_config(settings: Settings) -> types.LiveConnectConfig:
+    """The session setup: audio out, voice, prompt, both transcriptions, resumption on."""
+    return types.LiveConnectConfig(
+        response_modalities=[types.Modality.AUDIO],
+        speech_config=types.SpeechConfig(
+            voice_config=types.VoiceConfig(
+                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=settings.voice)
+            ),
+            language_code=settings.language_code,
+        ),
+        system_instruction=types.Content(
+            role="user", parts=[types.Part(text=settings.system_instruction())]
+        ),
+        input_audio_transcription=types.AudioTranscriptionConfig(),
+        output_audio_transcription=types.AudioTranscriptionConfig(),
+        session_resumption=types.SessionResumptionConfig(),
+    )
+
+
+def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """TLS context for the model connection; honours SSL_CERT_FILE (e.g. a local emulator's CA)."""
+    cafile = ca_file or os.environ.get("SSL_CERT_FILE") or None
+    context = ssl.create_default_context()
+    if cafile:
+        context.load_verify_locations(cafile=cafile)
+    return context
+
+
+class GeminiConnector:
+    """Opens Gemini Live sessions; one per process, shared by all calls."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = settings.model
+        http_options: dict[str, Any] = {"api_version": "v1beta"}
+        if base_url:
+            http_options["base_url"] = base_url
+        http_options["async_client_args"] = {"ssl": ssl_context or client_ssl_context()}
+        self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(**http_options))
+        self._config = connect_config(settings)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[GeminiSession]:
+        try:
+            async with self._client.aio.live.connect(
+                model=self.model, config=self._config
+            ) as session:
+                yield GeminiSession(session)
+        except genai_errors.APIError as exc:
+            raise ModelSessionClosed(exc.code, str(exc.message or exc.status or "")) from None
+        except (OSError, websockets.InvalidHandshake) as exc:
+            raise ModelSessionClosed(None, f"cannot connect: {type(exc).__name__}") from None

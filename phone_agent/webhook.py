@@ -1,0 +1,69 @@
+"""Twilio's voice webhook: signature check and the TwiML that connects the media stream."""
+
+from __future__ import annotations
+
+import logging
+
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from phone_agent.logs import mask_number
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
+def signed_url(public_url: str, path: str, query: str) -> str:
+    """The URL Twilio signed: the configured public base, never the request's own host/scheme."""
+    url = public_url.rstrip("/") + path
+    return f"{url}?{query}" if query else url
+
+
+def signature_is_valid(
+    auth_token: str, url: str, params: dict[str, str], signature: str | None
+) -> bool:
+    if not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+    """`<Connect><Stream>`: bidirectional, per-call data as `<Parameter>`s (query strings are dropped)."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response)
+
+
+def busy_twiml(message: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
+
+
+def call_parameters(form: dict[str, str]) -> dict[str, str]:
+    """What the media stream learns about the call, from the webhook's form."""
+    params = {"call_sid": form.get("CallSid", "")}
+    if form.get("From"):
+        params["from"] = form["From"]
+    if form.get("To"):
+        params["to"] = form["To"]
+    return params
+
+
+def log_webhook(form: dict[str, str], outcome: str) -> None:
+    log.info(
+        "voice webhook %s",
+        outcome,
+        extra={
+            "event": "webhook.voice",
+            "outcome": outcome,
+            "call_sid": form.get("CallSid", ""),
+            "from": mask_number(form.get("From")),
+        },
+    )

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# websockets honours proxy variables; every test socket is on loopback.
+os.environ["NO_PROXY"] = "127.0.0.1,localhost," + os.environ.get("NO_PROXY", "")
+os.environ.pop("GEMINI_API_KEY", None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
