@@ -1,0 +1,233 @@
+"""Bridge behaviour against a scripted fake model, through Starlette's in-process WebSocket client.
+
+The real-socket, real-SDK path is covered in tests/test_call_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from phone_agent import gemini
+from phone_agent.app import create_app
+from phone_agent.config import Settings
+
+SID = "MZ" + "a" * 32
+CALL = "CA" + "b" * 32
+FRAME = b"\xff" * 160
+
+
+@dataclass
+class FakeModel:
+    """Yields each scripted event once `after_bytes` of caller audio has arrived."""
+
+    script: list[tuple[int, gemini.ModelEvent]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    opened: int = 0
+    closed: int = 0
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[gemini.ModelSession]:
+        self.opened += 1
+        try:
+            yield _FakeSession(self)
+        finally:
+            self.closed += 1
+
+
+class _FakeSession:
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self.arrived = anyio.Event()
+
+    async def send_audio(self, pcm16k: bytes) -> None:
+        self.model.audio += pcm16k
+        self.arrived.set()
+        self.arrived = anyio.Event()
+
+    async def send_text(self, text: str) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[gemini.ModelEvent]:
+        for after_bytes, event in self.model.script:
+            while len(self.model.audio) < after_bytes:
+                await self.arrived.wait()
+            yield event
+        await anyio.sleep_forever()
+
+
+def start_msg() -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": SID,
+            "start": {
+                "accountSid": "AC" + "0" * 32,
+                "streamSid": SID,
+                "callSid": CALL,
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def media_msg(seq: int, payload: bytes = FRAME) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "streamSid": SID,
+            "media": {
+                "track": "inbound",
+                "chunk": str(seq - 1),
+                "timestamp": str((seq - 2) * 20),
+                "payload": base64.b64encode(payload).decode(),
+            },
+        }
+    )
+
+
+def stop_msg(seq: int) -> str:
+    return json.dumps({"event": "stop", "sequenceNumber": str(seq), "streamSid": SID})
+
+
+def make_client(model: FakeModel, **settings: object) -> TestClient:
+    values: dict[str, object] = {"start_timeout_s": 1.0}
+    values.update(settings)
+    app = create_app(Settings(**values), connect_model=model.connect, keep_summaries=10)  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+def rejected_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "call.rejected"]
+
+
+BAD_BEFORE_START = {
+    "not-json": "hello",
+    "unknown-event": '{"event":"bogus"}',
+    "media-before-start": media_msg(2),
+    "oversized": json.dumps({"event": "media", "pad": "x" * 70_000}),
+}
+
+
+@pytest.mark.parametrize("message", BAD_BEFORE_START.values(), ids=BAD_BEFORE_START.keys())
+def test_bad_input_closes_call_with_one_log_line_and_no_model_session(
+    message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = FakeModel()
+    with make_client(model) as client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(message)
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1008
+    assert len(rejected_lines(caplog)) == 1
+    assert model.opened == 0
+
+
+def test_binary_frame_closes_call(caplog: pytest.LogCaptureFixture) -> None:
+    model = FakeModel()
+    with make_client(model) as client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg())
+        ws.send_bytes(b"\x00\x01\x02")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1008
+    [line] = rejected_lines(caplog)
+    assert "binary" in line.getMessage()
+    assert model.opened == model.closed == 1
+
+
+def test_invalid_base64_after_start_closes_call(caplog: pytest.LogCaptureFixture) -> None:
+    model = FakeModel()
+    with make_client(model) as client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg())
+        ws.send_text(media_msg(2).replace(base64.b64encode(FRAME).decode(), "@@@"))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1008
+    assert "base64" in rejected_lines(caplog)[0].getMessage()
+
+
+def test_no_start_in_time_closes_call(caplog: pytest.LogCaptureFixture) -> None:
+    model = FakeModel()
+    with make_client(model, start_timeout_s=0.2) as client, client.websocket_connect(
+        "/twilio/media"
+    ) as ws:
+        ws.send_text('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1008
+    assert "no 'start'" in rejected_lines(caplog)[0].getMessage()
+    assert model.opened == 0
+
+
+def test_caller_audio_is_upsampled_and_stop_ends_the_call() -> None:
+    model = FakeModel()
+    client = make_client(model)
+    with client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg())
+        for seq in range(2, 12):
+            ws.send_text(media_msg(seq))
+        ws.send_text(stop_msg(12))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1000
+    # 10 frames of 20 ms at 16 kHz, 16-bit: 640 bytes each.
+    assert len(model.audio) == 10 * 640
+    summary = client.app.state.phone_agent.summaries[-1]  # type: ignore[attr-defined]
+    assert summary.end_reason.value == "caller_stop" and summary.frames_in == 10
+    assert model.closed == 1
+
+
+def tone24k(ms: int) -> bytes:
+    import numpy as np
+
+    t = np.arange(24 * ms) / 24000
+    return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
+
+
+def test_barge_in_sends_clear_and_drops_late_audio() -> None:
+    model = FakeModel(
+        script=[
+            (640, gemini.ModelAudio(tone24k(40))),
+            (640, gemini.ModelAudio(tone24k(200))),
+            (1280, gemini.Interrupted()),
+            (1280, gemini.ModelAudio(tone24k(40))),  # late audio of the interrupted generation
+            (1280, gemini.TurnComplete()),
+            (1920, gemini.ModelAudio(tone24k(40))),
+            (1920, gemini.TurnComplete()),
+        ]
+    )
+    client = make_client(model)
+    received: list[dict[str, object]] = []
+    with client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg())
+        ws.send_text(media_msg(2))
+        for _ in range(4):  # media, mark, media, mark
+            received.append(json.loads(ws.receive_text()))
+        ws.send_text(media_msg(3))
+        received.append(json.loads(ws.receive_text()))  # clear
+        ws.send_text(media_msg(4))
+        while len(received) < 9:  # g2: media, first mark, flushed filter tail, final mark
+            received.append(json.loads(ws.receive_text()))
+        ws.send_text(stop_msg(5))
+    events = [m["event"] for m in received]
+    assert events == ["media", "mark", "media", "mark", "clear", "media", "mark", "media", "mark"]
+    marks = [m["mark"]["name"] for m in received if m["event"] == "mark"]  # type: ignore[index]
+    assert marks[0].startswith("g1:m1:") and marks[2].startswith("g2:m1:")
+    summary = client.app.state.phone_agent.summaries[-1]  # type: ignore[attr-defined]
+    assert summary.clears == 1 and summary.dropped_audio_chunks == 1
+    first, second = summary.tracker.turns
+    assert first.interrupted and first.cleared and not second.interrupted
