@@ -140,4 +140,3 @@ def create_app(
     )
     app.state.phone_agent = state
     return app
-

@@ -1,9 +1,9 @@
 """One phone call: the Twilio media socket bridged to a Gemini Live session.
 
-Structured concurrency: after `start`, one task group owns the uplink pump (caller → model) and the
-downlink pump (model → caller). Whichever side ends first (Twilio `stop` or socket close; model close
-or error) cancels the other; leaving the group closes the model session, then the socket. Nothing
-outlives the call.
+Structured concurrency: after `start`, one task group owns the uplink pump (caller → model) and
+the downlink pump (model → caller). Whichever side ends first (Twilio `stop` or socket close; model
+close or error) cancels the other; leaving the group closes the model session, then the socket.
+Nothing outlives the call.
 
 Bad input from the network is a `TwilioProtocolError`: one log line, the socket closed with 1008,
 no stack trace to the peer, no other call disturbed.
@@ -11,6 +11,7 @@ no stack trace to the peer, no other call disturbed.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -151,10 +152,9 @@ class CallBridge:
                     "from": mask_number(start.custom_parameters.get("from")),
                 },
             )
-            async with self.connect_model() as session:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self._guard, self._uplink_pump(session), group.cancel_scope)
-                    group.start_soon(self._guard, self._downlink_pump(session), group.cancel_scope)
+            async with self.connect_model() as session, anyio.create_task_group() as group:
+                group.start_soon(self._guard, self._uplink_pump(session), group.cancel_scope)
+                group.start_soon(self._guard, self._downlink_pump(session), group.cancel_scope)
         except TwilioProtocolError as exc:
             self._end(EndReason.PROTOCOL_ERROR, str(exc))
         except TimeoutError:
@@ -164,7 +164,9 @@ class CallBridge:
         except gemini.ModelSessionClosed as exc:
             self._end(EndReason.MODEL_UNAVAILABLE, str(exc))
         except Exception as exc:
-            log.exception("call failed", extra={"event": "call.error", "call_sid": summary.call_sid})
+            log.exception(
+                "call failed", extra={"event": "call.error", "call_sid": summary.call_sid}
+            )
             self._end(EndReason.INTERNAL_ERROR, type(exc).__name__)
         finally:
             summary.ended_at = self.clock()
@@ -208,7 +210,9 @@ class CallBridge:
                             "event": "turn.first_heard",
                             "call_sid": self.summary.call_sid,
                             "generation": turn.generation,
-                            "after_sent_ms": round((turn.first_heard_at - turn.first_sent_at) * 1e3),
+                            "after_sent_ms": round(
+                                (turn.first_heard_at - turn.first_sent_at) * 1e3
+                            ),
                         },
                     )
             elif isinstance(event, Dtmf):
@@ -293,10 +297,8 @@ class CallBridge:
             return
         reason = self.summary.end_reason
         code = _CLOSE_CODES.get(reason, 1000) if reason is not None else 1000
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             await self.websocket.close(code=code)
-        except (RuntimeError, OSError):
-            pass
 
     def _end(self, reason: EndReason, detail: str) -> None:
         """Record why the call ended; the first reason wins."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 
 import typer
 
@@ -60,10 +60,8 @@ def emulator(
             typer.echo(f"  PHONE_AGENT_GEMINI_BASE_URL={emu.base_url} SSL_CERT_FILE={emu.ca_file}")
             await anyio.sleep_forever()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(run)
-    except KeyboardInterrupt:
-        pass
 
 
 def main() -> None:
@@ -71,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -1,8 +1,8 @@
 """Twilio Media Streams protocol, sans-I/O.
 
 `TwilioStream` is fed the text of each WebSocket message Twilio sends and returns typed, validated
-events; it serialises what we send back (`media`, `mark`, `clear`). It does no I/O and knows no clock,
-so recorded calls run through it in microseconds. Every way a peer can misbehave raises
+events; it serialises what we send back (`media`, `mark`, `clear`). It does no I/O and knows no
+clock, so recorded calls run through it in microseconds. Every way a peer can misbehave raises
 `TwilioProtocolError`, whose message is safe to log (it never echoes the payload).
 
 State machine: AWAITING_START --start--> STREAMING --stop--> STOPPED.
@@ -22,7 +22,7 @@ import orjson
 
 MULAW_BYTES_PER_MS = 8
 SILENCE_BYTE = b"\xff"
-# A Twilio gap longer than this is not filled with silence in one go: the audio clock resyncs instead.
+# A Twilio gap longer than this is not filled with silence: the audio clock resyncs instead.
 MAX_GAP_FILL_MS = 2000
 
 

@@ -29,7 +29,7 @@ def signature_is_valid(
 
 
 def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
-    """`<Connect><Stream>`: bidirectional, per-call data as `<Parameter>`s (query strings are dropped)."""
+    """`<Connect><Stream>`, bidirectional; per-call data goes in `<Parameter>`s, not the URL."""
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url)

@@ -162,9 +162,10 @@ def test_invalid_base64_after_start_closes_call(caplog: pytest.LogCaptureFixture
 
 def test_no_start_in_time_closes_call(caplog: pytest.LogCaptureFixture) -> None:
     model = FakeModel()
-    with make_client(model, start_timeout_s=0.2) as client, client.websocket_connect(
-        "/twilio/media"
-    ) as ws:
+    with (
+        make_client(model, start_timeout_s=0.2) as client,
+        client.websocket_connect("/twilio/media") as ws,
+    ):
         ws.send_text('{"event":"connected","protocol":"Call","version":"1.0.0"}')
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()

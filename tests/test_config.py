@@ -39,7 +39,11 @@ def test_api_key_and_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PHONE_AGENT_GEMINI_BASE_URL", "ftp://x", "PHONE_AGENT_GEMINI_BASE_URL"),
         ("PHONE_AGENT_START_TIMEOUT_S", "-1", "PHONE_AGENT_START_TIMEOUT_S"),
         ("PHONE_AGENT_LOG_LEVEL", "LOUD", "PHONE_AGENT_LOG_LEVEL"),
-        ("PHONE_AGENT_SYSTEM_PROMPT_FILE", "/nonexistent/prompt.txt", "PHONE_AGENT_SYSTEM_PROMPT_FILE"),
+        (
+            "PHONE_AGENT_SYSTEM_PROMPT_FILE",
+            "/nonexistent/prompt.txt",
+            "PHONE_AGENT_SYSTEM_PROMPT_FILE",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(

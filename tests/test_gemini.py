@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 from google.genai import types
 
 from phone_agent import gemini
@@ -16,7 +15,9 @@ def test_audio_and_transcripts_in_order() -> None:
         msg(
             server_content={
                 "model_turn": {
-                    "parts": [{"inline_data": {"mime_type": "audio/pcm;rate=24000", "data": b"\x01\x02"}}]
+                    "parts": [
+                        {"inline_data": {"mime_type": "audio/pcm;rate=24000", "data": b"\x01\x02"}}
+                    ]
                 },
                 "output_transcription": {"text": "Hello"},
                 "input_transcription": {"text": "hi", "finished": True},
@@ -51,12 +52,16 @@ def test_interrupted_then_turn_complete_last() -> None:
 def test_tool_call_resumption_and_go_away() -> None:
     events = gemini.translate(
         msg(
-            tool_call={"function_calls": [{"id": "fc-1", "name": "lookup_order", "args": {"n": "1"}}]},
+            tool_call={
+                "function_calls": [{"id": "fc-1", "name": "lookup_order", "args": {"n": "1"}}]
+            },
             session_resumption_update={"new_handle": "h1", "resumable": True},
             go_away={"time_left": "50s"},
         )
     )
-    assert gemini.ToolCallRequest((gemini.FunctionCall("fc-1", "lookup_order", {"n": "1"}),)) in events
+    assert (
+        gemini.ToolCallRequest((gemini.FunctionCall("fc-1", "lookup_order", {"n": "1"}),)) in events
+    )
     assert gemini.ResumptionUpdate("h1", True) in events
     assert gemini.GoAway(50.0) in events
     cancel = gemini.translate(msg(tool_call_cancellation={"ids": ["fc-1"]}))

@@ -11,8 +11,8 @@ from phone_agent.twilio_protocol import (
     MarkEcho,
     Media,
     Start,
-    StreamState,
     Stop,
+    StreamState,
     TwilioProtocolError,
     TwilioStream,
 )
@@ -117,7 +117,9 @@ def test_bad_input_after_start() -> None:
         media_msg(2, 0, sid="MZother"): "another streamSid",
         start_msg(): "second 'start'",
         media_msg(2, 0).replace('"2"', '"-2"', 1): "non-negative integer",
-        json.dumps({"event": "dtmf", "sequenceNumber": "3", "streamSid": SID, "dtmf": {"digit": "x"}}): "DTMF",
+        json.dumps(
+            {"event": "dtmf", "sequenceNumber": "3", "streamSid": SID, "dtmf": {"digit": "x"}}
+        ): "DTMF",
     }
     for message, error in cases.items():
         with pytest.raises(TwilioProtocolError, match=error):
@@ -126,7 +128,9 @@ def test_bad_input_after_start() -> None:
 
 def test_start_is_validated() -> None:
     with pytest.raises(TwilioProtocolError, match="mediaFormat"):
-        TwilioStream().receive(start_msg(mediaFormat={"encoding": "audio/l16", "sampleRate": 16000, "channels": 1}))
+        TwilioStream().receive(
+            start_msg(mediaFormat={"encoding": "audio/l16", "sampleRate": 16000, "channels": 1})
+        )
     with pytest.raises(TwilioProtocolError, match="SIDs"):
         TwilioStream().receive(start_msg(callSid='CA"injected'))
     with pytest.raises(TwilioProtocolError, match="customParameters"):

@@ -37,7 +37,11 @@ def test_signed_webhook_gets_connect_stream_twiml() -> None:
     with client() as c:
         sig = sign(PUBLIC + "/twilio/voice", FORM)
         # The request arrives as plain http on another host (TLS terminated upstream).
-        r = c.post("http://10.0.0.5:8080/twilio/voice", data=FORM, headers={"X-Twilio-Signature": sig})
+        r = c.post(
+            "http://backend.internal:8080/twilio/voice",
+            data=FORM,
+            headers={"X-Twilio-Signature": sig},
+        )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
     root = ET.fromstring(r.text)
