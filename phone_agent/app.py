@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -30,8 +31,27 @@ class AppState:
     offline: bool = False
     active_calls: int = 0
     calls_total: int = 0
+    calls_ended: int = 0
     summaries: list[CallSummary] = field(default_factory=list)
     keep_summaries: int = 0
+    _ended: anyio.Event | None = None
+
+    def call_ended(self, summary: CallSummary) -> None:
+        self.active_calls -= 1
+        self.calls_ended += 1
+        if self.keep_summaries:
+            self.summaries.append(summary)
+            del self.summaries[: -self.keep_summaries]
+        if self._ended is not None:
+            self._ended.set()
+            self._ended = None
+
+    async def wait_calls_ended(self, count: int) -> None:
+        """Wait until `count` calls have ended since start (tests, the demo)."""
+        while self.calls_ended < count:
+            if self._ended is None:
+                self._ended = anyio.Event()
+            await self._ended.wait()
 
 
 async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
@@ -40,7 +60,7 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
     if settings.offline:
         from phone_agent.emulator import GeminiEmulator
 
-        emulator = GeminiEmulator()
+        emulator = GeminiEmulator(record_messages=False)
         await emulator.start()
         stack.push_async_callback(emulator.close)
         log.warning(
@@ -109,13 +129,11 @@ def create_app(
         )
         state.active_calls += 1
         state.calls_total += 1
+        summary = bridge.summary
         try:
             summary = await bridge.run()
         finally:
-            state.active_calls -= 1
-        if state.keep_summaries:
-            state.summaries.append(summary)
-            del state.summaries[: -state.keep_summaries]
+            state.call_ended(summary)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})

@@ -1,0 +1,287 @@
+"""The emulator's server: TLS WebSocket endpoint, per-connection records, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from phone_agent.emulator import protocol
+from phone_agent.emulator.conversation import Conversation, Options
+from phone_agent.emulator.script import EmulatorScript
+from phone_agent.emulator.session import EmulatorSession
+from phone_agent.emulator.tls import EmulatorTLS
+
+if TYPE_CHECKING:
+    from google.genai.types import HttpOptionsDict
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_METHODS = ("BidiGenerateContent", "BidiGenerateContentConstrained")
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class _Changes:
+    """Wakes every waiter on each change; waiters re-check their condition (no polling)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class GeminiEmulator:
+    """A local Gemini Live API endpoint for the real google-genai SDK, driven by a script.
+
+    `speed` paces the model's audio relative to real time (2.0 is twice real time, as the service
+    does; `math.inf` sends as fast as possible). `chunk_ms` is the length of each audio message.
+    `vad_threshold_dbfs` is the RMS level above which caller audio counts as speech.
+    `record_messages=False` keeps session records small for long-running use (offline mode): no
+    per-message records and no caller PCM, only setup, speech, replies and how the session ended.
+
+    Use as `async with GeminiEmulator(script) as emu:` or with `start()` / `close()`; point the SDK
+    at it with `http_options(emu)`. Each connection gets its own `EmulatorSession` in `sessions`.
+    """
+
+    def __init__(
+        self,
+        script: EmulatorScript | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        speed: float = 2.0,
+        chunk_ms: int = 40,
+        vad_threshold_dbfs: float = -40.0,
+        record_messages: bool = True,
+    ) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        if chunk_ms <= 0:
+            raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+        self.script = script if script is not None else EmulatorScript()
+        """The script new connections follow; may be replaced between connections."""
+        self.host = host
+        self._requested_port = port
+        self._options = Options(
+            speed=speed,
+            chunk_ms=chunk_ms,
+            vad_threshold_dbfs=vad_threshold_dbfs,
+            record_messages=record_messages,
+        )
+        self._tls: EmulatorTLS | None = None
+        self._server: Server | None = None
+        self._port: int | None = None
+        self._sessions: list[EmulatorSession] = []
+        self._live: set[Conversation] = set()
+        self._handles: dict[str, int] = {}
+        self._changes: _Changes | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> GeminiEmulator:
+        """Make the certificates and start listening."""
+        if self._server is not None or self._closed:
+            raise RuntimeError("a GeminiEmulator can be started only once")
+        self._changes = _Changes()
+        self._tls = EmulatorTLS()
+        try:
+            self._server = await serve(
+                self._handle,
+                self.host,
+                self._requested_port,
+                ssl=self._tls.server_context(),
+                process_request=_check_path,
+                compression=None,
+                max_size=_MAX_MESSAGE_BYTES,
+                close_timeout=2.0,
+            )
+        except BaseException:
+            self._tls.close()
+            raise
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.info("Gemini Live emulator listening on %s", self.base_url)
+        return self
+
+    async def close(self) -> None:
+        """Close every session with code 1000, stop listening and remove the temp files."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._live:
+                await asyncio.gather(
+                    *(conv.close(protocol.CLOSE_NORMAL, "emulator closed") for conv in self._live),
+                    return_exceptions=True,
+                )
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+        finally:
+            if self._tls is not None:
+                self._tls.close()
+
+    async def __aenter__(self) -> GeminiEmulator:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- where to connect --------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the emulator is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """`https://127.0.0.1:PORT`: what the SDK's `http_options.base_url` wants."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM file of the CA that signed the emulator's certificate."""
+        if self._tls is None:
+            raise RuntimeError("the emulator is not started")
+        return self._tls.ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client SSL context that trusts the emulator (and nothing else)."""
+        if self._tls is None:
+            raise RuntimeError("the emulator is not started")
+        return self._tls.client_context()
+
+    def http_options(self) -> HttpOptionsDict:
+        """What `genai.Client(http_options=...)` needs to reach this emulator."""
+        return http_options(self)
+
+    # -- observing ---------------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> list[EmulatorSession]:
+        """One record per connection, in the order they connected."""
+        return list(self._sessions)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], T | None],
+        timeout: float = 5.0,  # noqa: ASYNC109 - a plain timeout reads best in tests
+    ) -> T:
+        """Wait until `predicate()` is truthy and return its value; re-checked on every change.
+
+        Raises `TimeoutError` after `timeout` seconds.
+        """
+        if self._changes is None:
+            raise RuntimeError("the emulator is not started")
+        try:
+            async with asyncio.timeout(timeout):
+                while not (result := predicate()):
+                    await self._changes.wait()
+        except TimeoutError:
+            raise TimeoutError(f"emulator condition not met within {timeout} s") from None
+        return result
+
+    async def wait_for_session(
+        self,
+        index: int = 0,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> EmulatorSession:
+        """The `index`-th connection's record, once it has sent its setup."""
+        return await self.wait_for(
+            lambda: (
+                self._sessions[index]
+                if len(self._sessions) > index and self._sessions[index].setup is not None
+                else None
+            ),
+            timeout,
+        )
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        record = EmulatorSession(
+            id=len(self._sessions) + 1,
+            path=request.path,
+            api_key=_api_key(request),
+            started_at=time.monotonic(),
+        )
+        self._sessions.append(record)
+        conv = Conversation(ws, record, self.script, self._options, self._handles, self._notify)
+        self._live.add(conv)
+        self._notify()
+        try:
+            await conv.run()
+        except Exception as exc:
+            log.exception("session %d: emulator error", record.id)
+            record.error = f"emulator error: {exc!r}"
+            await conv.close(protocol.CLOSE_INTERNAL, "emulator internal error")
+        finally:
+            self._live.discard(conv)
+            await ws.close()
+            conv.finish()
+
+    def _notify(self) -> None:
+        if self._changes is not None:
+            self._changes.notify()
+
+
+def http_options(emulator: GeminiEmulator) -> HttpOptionsDict:
+    """`http_options` for `genai.Client` that reach `emulator` over its own TLS.
+
+    google-genai passes `async_client_args["ssl"]` to `websockets.connect` for Live sessions (see
+    `_ensure_websocket_ssl_ctx`); `api_version` must be `v1beta`, where the Live API lives.
+    """
+    options: HttpOptionsDict = {
+        "base_url": emulator.base_url,
+        "api_version": "v1beta",
+        "async_client_args": {"ssl": emulator.client_ssl_context()},
+    }
+    return options
+
+
+def _check_path(connection: ServerConnection, request: Request) -> Response | None:
+    path = urlsplit(request.path).path
+    if path.endswith(_METHODS):
+        return None
+    return connection.respond(HTTPStatus.NOT_FOUND, f"No Live API method at {path}\n")
+
+
+def _api_key(request: Request) -> str | None:
+    headers = request.headers
+    if key := headers.get("x-goog-api-key"):
+        return key
+    auth = headers.get("authorization", "")
+    if auth.startswith("Token "):
+        return auth.removeprefix("Token ")
+    query = parse_qs(urlsplit(request.path).query)
+    for name in ("key", "access_token"):
+        if query.get(name):
+            return query[name][0]
+    return None
