@@ -18,6 +18,7 @@ from phone_agent import webhook
 from phone_agent.bridge import CallBridge, CallSummary, ModelConnect
 from phone_agent.config import Settings
 from phone_agent.gemini import GeminiConnector
+from phone_agent.recorder import RecordingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ def create_app(
 ) -> Starlette:
     """Build the app. `connect_model` replaces the Gemini connector (tests, other models)."""
     state = AppState(settings=settings, connect_model=connect_model, keep_summaries=keep_summaries)
+    recording = (
+        RecordingPolicy(
+            settings.record_dir, everyone=settings.record == "all", model=settings.model
+        )
+        if settings.record != "off"
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,7 +120,10 @@ def create_app(
         stream_url = settings.media_stream_url()
         assert stream_url is not None
         webhook.log_webhook(form, "connected")
-        twiml = webhook.connect_twiml(stream_url, webhook.call_parameters(form))
+        parameters = webhook.call_parameters(form)
+        if request.query_params.get("consent") == "yes":
+            parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
+        twiml = webhook.connect_twiml(stream_url, parameters)
         return Response(twiml, media_type=TWIML)
 
     async def media(websocket: WebSocket) -> None:
@@ -123,6 +134,7 @@ def create_app(
         bridge = CallBridge(
             websocket,
             connect,
+            recording=recording,
             start_timeout_s=settings.start_timeout_s,
             max_message_bytes=settings.max_message_bytes,
             mark_interval_ms=settings.mark_interval_ms,

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phone_agent import gemini
 from phone_agent.audio import DownlinkConverter, UplinkConverter
 from phone_agent.logs import mask_number
 from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
+from phone_agent.recorder import CallRecorder, RecordingPolicy
 from phone_agent.twilio_protocol import (
     MULAW_BYTES_PER_MS,
     SILENCE_BYTE,
@@ -79,6 +81,8 @@ class CallSummary:
     frames_in: int = 0
     gap_fill_ms: int = 0
     dtmf: list[str] = field(default_factory=list)
+    tools_called: list[str] = field(default_factory=list)
+    recording: str | None = None
     clears: int = 0
     dropped_audio_chunks: int = 0
     caller_transcript: list[str] = field(default_factory=list)
@@ -125,6 +129,7 @@ class CallBridge:
         start_timeout_s: float = 5.0,
         max_message_bytes: int = 64 * 1024,
         mark_interval_ms: float = 100.0,
+        recording: RecordingPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -136,14 +141,22 @@ class CallBridge:
         self.uplink = UplinkConverter()
         self.downlink = DownlinkConverter()
         self.summary = CallSummary(tracker=self.tracker)
+        self.recording = recording
+        self.recorder: CallRecorder | None = None
 
     async def run(self) -> CallSummary:
         summary = self.summary
         await self.websocket.accept()
+        if self.recording is not None:
+            self.recorder = CallRecorder(opened_at=self.clock())
         try:
             start = await self._await_start()
             summary.call_sid, summary.stream_sid = start.call_sid, start.stream_sid
             summary.started_at = self.clock()
+            if self.recording is not None and not self.recording.applies_to(
+                start.custom_parameters
+            ):
+                self.recorder = None
             log.info(
                 "call started",
                 extra={
@@ -153,6 +166,9 @@ class CallBridge:
                 },
             )
             async with self.connect_model() as session, anyio.create_task_group() as group:
+                if self.recorder is not None:
+                    recorder = self.recorder
+                    session.on_message = lambda m: recorder.model_message(m, self.clock())
                 group.start_soon(self._guard, self._uplink_pump(session), group.cancel_scope)
                 group.start_soon(self._guard, self._downlink_pump(session), group.cancel_scope)
         except TwilioProtocolError as exc:
@@ -171,8 +187,22 @@ class CallBridge:
         finally:
             summary.ended_at = self.clock()
             await self._close()
+            await self._save_recording()
             self._log_end()
         return summary
+
+    async def _save_recording(self) -> None:
+        if self.recorder is None or self.recording is None or not self.summary.call_sid:
+            return
+        fixture = self.recorder.fixture(
+            self.summary.call_sid, self.summary, {"model": self.recording.model}
+        )
+        try:
+            path = await self.recording.save(fixture)
+        except OSError as exc:
+            log.error("call recording not saved: %s", exc, extra={"event": "call.recording"})
+            return
+        self.summary.recording = str(path)
 
     # -- pumps ------------------------------------------------------------------------------
 
@@ -281,8 +311,19 @@ class CallBridge:
             raise _CallerGone
         text = message.get("text")
         if text is not None:
+            if self.recorder is not None:
+                self._record_caller(text)
             return str(text)
         return bytes(message.get("bytes") or b"")
+
+    def _record_caller(self, text: str) -> None:
+        assert self.recorder is not None
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return  # the protocol parser rejects it and ends the call
+        if isinstance(message, dict):
+            self.recorder.caller_message(message, self.clock())
 
     async def _send(self, text: str) -> None:
         try:
@@ -297,7 +338,7 @@ class CallBridge:
             return
         reason = self.summary.end_reason
         code = _CLOSE_CODES.get(reason, 1000) if reason is not None else 1000
-        with contextlib.suppress(RuntimeError, OSError):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await self.websocket.close(code=code)
 
     def _end(self, reason: EndReason, detail: str) -> None:

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         le=2000,
         description="Playback position granularity: a mark is sent after this much agent audio.",
     )
+    record: Literal["off", "consented", "all"] = Field(
+        default="off",
+        description="Record calls as replayable fixtures: off, only calls whose TwiML carries "
+        "record_consent=yes (webhook URL with ?consent=yes), or all calls.",
+    )
+    record_dir: Path = Field(
+        default=Path("recordings"), description="Where recorded calls are written."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -205,12 +205,16 @@ class ModelSession(Protocol):
 
     def events(self) -> AsyncIterator[ModelEvent]: ...
 
+    # Called with every server message, verbatim, before it is translated (call recording).
+    on_message: Callable[[Mapping[str, Any]], None] | None
+
 
 class GeminiSession:
     """A connected Gemini Live session."""
 
     def __init__(self, session: genai.live.AsyncSession) -> None:
         self._session = session
+        self.on_message: Callable[[Mapping[str, Any]], None] | None = None
 
     async def send_audio(self, pcm16k: bytes) -> None:
         try:
@@ -231,6 +235,10 @@ class GeminiSession:
             # receive() stops after each turnComplete; a call-long bridge loops over it.
             try:
                 async for message in self._session.receive():
+                    if self.on_message is not None:
+                        self.on_message(
+                            message.model_dump(mode="json", exclude_none=True, by_alias=True)
+                        )
                     for event in translate(message):
                         yield event
             except genai_errors.APIError as exc:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Mark names carry whole milliseconds.
-_ROUNDING_MS = 0.5
+# Mark names carry whole milliseconds, so heard and sent may differ by less than this.
+_ROUNDING_MS = 1.0
 _MARK_NAME = re.compile(r"g(\d{1,9}):m(\d{1,9}):(\d{1,12})")
 
 
@@ -158,7 +158,7 @@ class PlaybackTracker:
         first = turn.first_heard_at is None
         if first:
             # The echo comes when the first chunk has finished playing: playback began earlier.
-            turn.first_heard_at = now - cumulative_ms / 1000.0
+            turn.first_heard_at = max(turn.first_sent_at, now - cumulative_ms / 1000.0)
         turn.heard_ms = max(turn.heard_ms, cumulative_ms)
         turn.last_heard_at = now
         return MarkOutcome(turn=turn, first_audio_heard=first)

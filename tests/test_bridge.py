@@ -8,9 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
@@ -48,6 +49,7 @@ class _FakeSession:
     def __init__(self, model: FakeModel) -> None:
         self.model = model
         self.arrived = anyio.Event()
+        self.on_message: Callable[[Mapping[str, Any]], None] | None = None
 
     async def send_audio(self, pcm16k: bytes) -> None:
         self.model.audio += pcm16k

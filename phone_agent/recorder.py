@@ -1,0 +1,147 @@
+"""Records a live call as a replayable fixture (`phone_agent.fixture`, format v1).
+
+The bridge feeds it what crossed each socket: every message Twilio sent (`caller_message`), every
+Gemini server message (`model_message`), and what the bridge sent the model that starts a model
+turn (`sent_to_model`). At the end, `fixture()` groups the model messages into turns and derives
+the expected outcome from the call's summary.
+
+Privacy: the caller's number is masked wherever it appears (`start.customParameters.from`), and
+nothing is recorded unless the call consents (see `Settings.record`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from phone_agent.fixture import CallFixture, Expectations, HeardRange, ModelTurn, TimedMessage
+from phone_agent.logs import mask_number
+
+if TYPE_CHECKING:
+    from phone_agent.bridge import CallSummary
+
+# Replays reproduce what was heard of a turn to within this (marks, pacing, barge-in timing).
+HEARD_TOLERANCE_MS = 250.0
+
+_SELF_GENERATED = ("turnComplete", "turn_complete")
+
+
+def _is_turn_complete(message: Mapping[str, Any]) -> bool:
+    content = message.get("serverContent") or message.get("server_content")
+    return isinstance(content, Mapping) and any(content.get(k) for k in _SELF_GENERATED)
+
+
+def _masked_start(message: dict[str, Any]) -> dict[str, Any]:
+    start = message.get("start")
+    if not isinstance(start, dict):
+        return message
+    params = start.get("customParameters")
+    if not isinstance(params, dict) or "from" not in params:
+        return message
+    masked_params = {**params, "from": mask_number(str(params["from"]))}
+    return {**message, "start": {**start, "customParameters": masked_params}}
+
+
+class CallRecorder:
+    """Collects one call; `now` values are seconds on the bridge's clock."""
+
+    def __init__(self, opened_at: float) -> None:
+        self.opened_at = opened_at
+        self._caller: list[TimedMessage] = []
+        self._model: list[tuple[float, Mapping[str, Any]]] = []
+        self._triggers: list[tuple[float, str]] = []
+        self.caller_number = ""
+
+    def _ms(self, now: float) -> float:
+        return round((now - self.opened_at) * 1000.0, 3)
+
+    def caller_message(self, message: dict[str, Any], now: float) -> None:
+        if message.get("event") == "start":
+            params = (message.get("start") or {}).get("customParameters") or {}
+            self.caller_number = mask_number(str(params.get("from", "")))
+            message = _masked_start(message)
+        self._caller.append(TimedMessage(self._ms(now), message))
+
+    def model_message(self, message: Mapping[str, Any], now: float) -> None:
+        self._model.append((self._ms(now), message))
+
+    def sent_to_model(self, trigger: str, now: float) -> None:
+        """The bridge sent text or a tool response: the next model turn reacts to it."""
+        self._triggers.append((self._ms(now), trigger))
+
+    def model_turns(self) -> tuple[ModelTurn, ...]:
+        turns: list[ModelTurn] = []
+        current: list[tuple[float, Mapping[str, Any]]] = []
+        boundary = float("-inf")  # when the previous turn ended
+
+        def close() -> None:
+            if not current:
+                return
+            start = current[0][0]
+            trigger = "speech_end"
+            for t_ms, kind in self._triggers:
+                if boundary <= t_ms <= start:
+                    trigger, start = kind, t_ms
+                    break
+            messages = tuple(TimedMessage(round(t - start, 3), m) for t, m in current)
+            turns.append(ModelTurn(trigger, messages))
+
+        for t_ms, message in self._model:
+            current.append((t_ms, message))
+            if _is_turn_complete(message):
+                close()
+                current = []
+                boundary = t_ms
+        close()
+        return tuple(turns)
+
+    def fixture(self, name: str, summary: CallSummary, metadata: Mapping[str, Any]) -> CallFixture:
+        turns = summary.tracker.turns if summary.tracker is not None else []
+        heard = tuple(
+            HeardRange(
+                min_ms=max(0.0, round(t.heard_ms - HEARD_TOLERANCE_MS)),
+                max_ms=round(t.heard_ms + HEARD_TOLERANCE_MS),
+                interrupted=t.interrupted,
+            )
+            for t in turns
+        )
+        expect = Expectations(
+            turns=len(turns),
+            clears=summary.clears,
+            tools_called=tuple(summary.tools_called),
+            dtmf="".join(summary.dtmf),
+            end_reason=summary.end_reason.value if summary.end_reason else None,
+            heard=heard,
+        )
+        return CallFixture(
+            name=name,
+            description=f"Recorded call {name}.",
+            metadata={"source": "recorded", "caller": self.caller_number, **metadata},
+            caller=tuple(self._caller),
+            model_turns=self.model_turns(),
+            expect=expect,
+        )
+
+
+class RecordingPolicy:
+    """Which calls are recorded, and where. Off unless configured (`PHONE_AGENT_RECORD`)."""
+
+    CONSENT_PARAMETER = "record_consent"
+
+    def __init__(self, directory: Path, *, everyone: bool = False, model: str = "") -> None:
+        self.directory = directory
+        self.everyone = everyone
+        self.model = model
+
+    def applies_to(self, custom_parameters: Mapping[str, str]) -> bool:
+        """`all` records every call; `consented` only streams whose TwiML said the caller agreed."""
+        return self.everyone or custom_parameters.get(self.CONSENT_PARAMETER) == "yes"
+
+    async def save(self, fixture: CallFixture) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{fixture.name}.json.gz"
+        await anyio.to_thread.run_sync(fixture.save, path)
+        return path
