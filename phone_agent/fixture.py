@@ -21,7 +21,7 @@ back between the same two peers:
        {"t_ms": 0, "message": {"serverContent": {"inputTranscription": {"text": "where…"}}}},
        {"t_ms": 180, "message": {"serverContent": {"modelTurn": {"parts": [{"inlineData": ...}]}}}}
     ]}
-  ]},
+  ], "session": [{"t_ms": 9000, "message": {"goAway": {"timeLeft": "50s"}}}]},
   "expect": {"turns": 1, "clears": 0, "tools_called": [], "dtmf": "", "end_reason": "caller_stop",
              "heard": [{"min_ms": 1500, "max_ms": 1700, "interrupted": false}],
              "agent_transcript_contains": ["on its way"]}
@@ -34,6 +34,8 @@ back between the same two peers:
   `t_ms` measured from the turn's *trigger*: `speech_end` (the caller stopped talking), `text`
   (the bridge sent text), or `tool_response` (the bridge answered a tool call). Replay fires each
   turn when its trigger happens, so the model reacts to the bridge instead of playing blind.
+- `model.session`: connection-level server messages (`goAway`, `sessionResumptionUpdate`) with
+  `t_ms` since the socket opened; replay re-creates the `goAway` at that time.
 - `expect`: the outcome replay must reproduce. Every key is optional; absent means "not checked".
   `heard` lists, per model turn, the range of milliseconds the caller heard and whether the turn
   was interrupted.
@@ -87,6 +89,7 @@ class Expectations:
     clears: int | None = None
     tools_called: tuple[str, ...] | None = None
     dtmf: str | None = None
+    gap_fill_ms: int | None = None
     end_reason: str | None = None
     heard: tuple[HeardRange, ...] | None = None
     agent_transcript_contains: tuple[str, ...] = ()
@@ -98,6 +101,7 @@ class CallFixture:
     caller: tuple[TimedMessage, ...]
     model_turns: tuple[ModelTurn, ...]
     expect: Expectations = Expectations()
+    session_events: tuple[TimedMessage, ...] = ()
     description: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
@@ -114,6 +118,8 @@ class CallFixture:
             expect["tools_called"] = list(e.tools_called)
         if e.dtmf is not None:
             expect["dtmf"] = e.dtmf
+        if e.gap_fill_ms is not None:
+            expect["gap_fill_ms"] = e.gap_fill_ms
         if e.end_reason is not None:
             expect["end_reason"] = e.end_reason
         if e.heard is not None:
@@ -131,7 +137,8 @@ class CallFixture:
                 "turns": [
                     {"trigger": t.trigger, "messages": [_timed_dict(m) for m in t.messages]}
                     for t in self.model_turns
-                ]
+                ],
+                "session": [_timed_dict(m) for m in self.session_events],
             },
             "expect": expect,
         }
@@ -158,6 +165,7 @@ class CallFixture:
             metadata=_mapping(root.get("metadata", {}), "metadata"),
             caller=_timed_list(root.get("caller", []), "caller"),
             model_turns=tuple(turns),
+            session_events=_timed_list(model.get("session", []), "model.session"),
             expect=_expectations(_mapping(root.get("expect", {}), "expect")),
         )
 
@@ -253,6 +261,7 @@ def _expectations(data: dict[str, Any]) -> Expectations:
         clears=data.get("clears"),
         tools_called=tuple(_sequence(tools, "expect.tools_called")) if tools is not None else None,
         dtmf=data.get("dtmf"),
+        gap_fill_ms=data.get("gap_fill_ms"),
         end_reason=data.get("end_reason"),
         heard=heard,
         agent_transcript_contains=tuple(data.get("agent_transcript_contains", ())),

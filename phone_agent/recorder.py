@@ -26,12 +26,33 @@ if TYPE_CHECKING:
 # Replays reproduce what was heard of a turn to within this (marks, pacing, barge-in timing).
 HEARD_TOLERANCE_MS = 250.0
 
-_SELF_GENERATED = ("turnComplete", "turn_complete")
+_SESSION_KEYS = frozenset(
+    {"goAway", "go_away", "sessionResumptionUpdate", "session_resumption_update", "setupComplete"}
+)
+_TURN_KEYS = frozenset(
+    {"serverContent", "server_content", "toolCall", "tool_call"}
+    | {"toolCallCancellation", "tool_call_cancellation"}
+)
+
+
+def _content(message: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    content = message.get("serverContent") or message.get("server_content")
+    return content if isinstance(content, Mapping) else None
 
 
 def _is_turn_complete(message: Mapping[str, Any]) -> bool:
-    content = message.get("serverContent") or message.get("server_content")
-    return isinstance(content, Mapping) and any(content.get(k) for k in _SELF_GENERATED)
+    content = _content(message)
+    return content is not None and bool(content.get("turnComplete") or content.get("turn_complete"))
+
+
+def _starts_turn(message: Mapping[str, Any]) -> bool:
+    """Content or tool calls begin a model turn; bare flags and usage do not."""
+    if message.get("toolCall") or message.get("tool_call"):
+        return True
+    content = _content(message)
+    flags = {"turnComplete", "turn_complete", "interrupted", "generationComplete"}
+    flags |= {"generation_complete"}
+    return content is not None and any(k not in flags for k in content)
 
 
 def _masked_start(message: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +93,9 @@ class CallRecorder:
         """The bridge sent text or a tool response: the next model turn reacts to it."""
         self._triggers.append((self._ms(now), trigger))
 
+    def session_events(self) -> tuple[TimedMessage, ...]:
+        return tuple(TimedMessage(t, m) for t, m in self._model if _SESSION_KEYS & m.keys())
+
     def model_turns(self) -> tuple[ModelTurn, ...]:
         turns: list[ModelTurn] = []
         current: list[tuple[float, Mapping[str, Any]]] = []
@@ -90,6 +114,10 @@ class CallRecorder:
             turns.append(ModelTurn(trigger, messages))
 
         for t_ms, message in self._model:
+            if not (_TURN_KEYS & message.keys()) and not current:
+                continue  # session-level message or stray usage between turns
+            if not current and not _starts_turn(message):
+                continue  # e.g. the turnComplete that follows an interruption
             current.append((t_ms, message))
             if _is_turn_complete(message):
                 close()
@@ -113,6 +141,7 @@ class CallRecorder:
             clears=summary.clears,
             tools_called=tuple(summary.tools_called),
             dtmf="".join(summary.dtmf),
+            gap_fill_ms=summary.gap_fill_ms,
             end_reason=summary.end_reason.value if summary.end_reason else None,
             heard=heard,
         )
@@ -122,6 +151,7 @@ class CallRecorder:
             metadata={"source": "recorded", "caller": self.caller_number, **metadata},
             caller=tuple(self._caller),
             model_turns=self.model_turns(),
+            session_events=self.session_events(),
             expect=expect,
         )
 
