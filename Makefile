@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck demo serve bench clean
+.PHONY: test lint demo serve bench fixtures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_audio.py
+
+# Regenerates tests/fixtures/ and the demo's bundled call from text (needs Debian's espeak-ng).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+fixtures: $(STAMP)
+	command -v espeak-ng >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox)
+	$(BIN)/python tools/make_fixture.py --demo
 
 clean:
 	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache

@@ -30,7 +30,8 @@ back between the same two peers:
 
 - `caller`: every message Twilio sent, verbatim, with `t_ms` since the socket opened (original
   timing: gaps in `media.timestamp`, `dtmf` and `stop` included).
-- `model.turns`: the Gemini server messages of each model turn, verbatim (either casing), with
+- `model.turns`: the Gemini server messages of each model turn (either casing; recordings hold
+  them as the SDK parsed and re-serialised them: camelCase, URL-safe base64), with
   `t_ms` measured from the turn's *trigger*: `speech_end` (the caller stopped talking), `text`
   (the bridge sent text), or `tool_response` (the bridge answered a tool call). Replay fires each
   turn when its trigger happens, so the model reacts to the bridge instead of playing blind.

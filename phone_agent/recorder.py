@@ -114,6 +114,8 @@ class CallRecorder:
             turns.append(ModelTurn(trigger, messages))
 
         for t_ms, message in self._model:
+            if not (_TURN_KEYS & message.keys()) and _SESSION_KEYS & message.keys():
+                continue  # goAway, resumption handles: kept in session_events only
             if not (_TURN_KEYS & message.keys()) and not current:
                 continue  # session-level message or stray usage between turns
             if not current and not _starts_turn(message):
