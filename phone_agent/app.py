@@ -61,7 +61,14 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
     if settings.offline:
         from phone_agent.emulator import GeminiEmulator
 
-        emulator = GeminiEmulator(record_messages=False)
+        if settings.emulator_fixture is not None:
+            from phone_agent.fixture import CallFixture
+            from phone_agent.replay import emulator_script
+
+            script = emulator_script(CallFixture.load(settings.emulator_fixture))
+            emulator = GeminiEmulator(script, speed=1.0, clock="audio", record_messages=False)
+        else:
+            emulator = GeminiEmulator(record_messages=False)
         await emulator.start()
         stack.push_async_callback(emulator.close)
         log.warning(

@@ -21,14 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phone_agent import gemini
 from phone_agent.audio import DownlinkConverter, UplinkConverter
+from phone_agent.capabilities import CONSERVATIVE, ModelCapabilities
 from phone_agent.logs import mask_number
 from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
 from phone_agent.recorder import CallRecorder, RecordingPolicy
+from phone_agent.tools.registry import CallContext, ToolRegistry, ToolResult
 from phone_agent.twilio_protocol import (
     MULAW_BYTES_PER_MS,
     SILENCE_BYTE,
@@ -68,6 +71,15 @@ class _CallerGone(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ToolSet:
+    """The tools a call may use: the registry, the names enabled, the model's capabilities."""
+
+    registry: ToolRegistry = field(default_factory=ToolRegistry)
+    enabled: frozenset[str] = frozenset()
+    capabilities: ModelCapabilities = CONSERVATIVE
+
+
 @dataclass
 class CallSummary:
     """What happened on one call; logged at its end and returned to tests."""
@@ -82,6 +94,7 @@ class CallSummary:
     gap_fill_ms: int = 0
     dtmf: list[str] = field(default_factory=list)
     tools_called: list[str] = field(default_factory=list)
+    tool_results: list[ToolResult] = field(default_factory=list)
     recording: str | None = None
     clears: int = 0
     dropped_audio_chunks: int = 0
@@ -130,6 +143,7 @@ class CallBridge:
         max_message_bytes: int = 64 * 1024,
         mark_interval_ms: float = 100.0,
         recording: RecordingPolicy | None = None,
+        tools: ToolSet | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -143,6 +157,10 @@ class CallBridge:
         self.summary = CallSummary(tracker=self.tracker)
         self.recording = recording
         self.recorder: CallRecorder | None = None
+        self.tools = tools or ToolSet()
+        self.context = CallContext(call_sid="")
+        self._tool_scopes: dict[str, anyio.CancelScope] = {}
+        self._group: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> CallSummary:
         summary = self.summary
@@ -153,6 +171,9 @@ class CallBridge:
             start = await self._await_start()
             summary.call_sid, summary.stream_sid = start.call_sid, start.stream_sid
             summary.started_at = self.clock()
+            self.context = CallContext(
+                call_sid=start.call_sid, caller_number=start.custom_parameters.get("from")
+            )
             if self.recording is not None and not self.recording.applies_to(
                 start.custom_parameters
             ):
@@ -166,6 +187,7 @@ class CallBridge:
                 },
             )
             async with self.connect_model() as session, anyio.create_task_group() as group:
+                self._group = group
                 if self.recorder is not None:
                     recorder = self.recorder
                     session.on_message = lambda m: recorder.model_message(m, self.clock())
@@ -268,6 +290,16 @@ class CallBridge:
                 if self.tracker.accepts_audio():
                     await self._play(self.downlink.flush())
                 await self._execute(self.tracker.on_turn_complete(self.clock()))
+            elif isinstance(event, gemini.ToolCallRequest):
+                assert self._group is not None
+                for call in event.calls:
+                    self.summary.tools_called.append(call.name)
+                    self._group.start_soon(self._tool_task, session, call)
+            elif isinstance(event, gemini.ToolCallCancelled):
+                for call_id in event.ids:
+                    scope = self._tool_scopes.pop(call_id, None)
+                    if scope is not None:
+                        scope.cancel()
             elif isinstance(event, gemini.OutputTranscript):
                 self.summary.agent_transcript.append(event.text)
             elif isinstance(event, gemini.InputTranscript):
@@ -275,6 +307,29 @@ class CallBridge:
             elif isinstance(event, gemini.Usage):
                 self.summary.usage.append(event)
         self._end(EndReason.MODEL_CLOSED, "event stream ended")
+
+    async def _tool_task(self, session: gemini.ModelSession, call: gemini.FunctionCall) -> None:
+        """Run one tool call as a child of the call's task group; answer the model when done.
+
+        A `toolCallCancellation` cancels its scope: the tool is cancelled and no response is sent.
+        """
+        with anyio.CancelScope() as scope:
+            self._tool_scopes[call.id] = scope
+            try:
+                result = await self.tools.registry.invoke(
+                    call.id, call.name, call.args, self.context, enabled=self.tools.enabled
+                )
+                self.summary.tool_results.append(result)
+                if self.recorder is not None:
+                    self.recorder.sent_to_model("tool_response", self.clock())
+                response = result.function_response(self.tools.capabilities)
+                await session.send_tool_responses([response])
+            except gemini.ModelSessionClosed as exc:
+                self._end(EndReason.MODEL_CLOSED, str(exc))
+                assert self._group is not None
+                self._group.cancel_scope.cancel()
+            finally:
+                self._tool_scopes.pop(call.id, None)
 
     async def _play(self, mulaw: bytes) -> None:
         if not mulaw:

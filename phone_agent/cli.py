@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from phone_agent.config import ConfigError, Settings, load_settings
 from phone_agent.logs import configure_logging
+
+DEMO_WAV = Path("demo-call.wav")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -62,6 +67,62 @@ def emulator(
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(run)
+
+
+@app.command()
+def replay(
+    fixtures: Annotated[list[Path], typer.Argument(help="Fixture files (.json or .json.gz).")],
+    speed: Annotated[str, typer.Option(help="realtime, max, or a factor such as 4.")] = "max",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Replay into a running server (ws://host:port/twilio/media) instead of "
+            "in-process. Start it offline with PHONE_AGENT_EMULATOR_FIXTURE=FIXTURE so its model "
+            "plays the recording; only what the phone can observe is checked.",
+        ),
+    ] = None,
+) -> None:
+    """Replay recorded calls through the bridge; print each timeline; exit 1 on any failure."""
+    import anyio
+
+    from phone_agent import replay as replaying
+    from phone_agent.fixture import CallFixture, FixtureError
+
+    configure_logging("WARNING", "text")
+    factor: replaying.Speed | float = speed if speed in ("realtime", "max") else float(speed)  # type: ignore[assignment]
+    failed = 0
+    for path in fixtures:
+        try:
+            fixture = CallFixture.load(path)
+        except FixtureError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+        if url is None:
+            result = anyio.run(partial(replaying.replay, fixture, speed=factor))
+            typer.echo(result.report())
+            failed += not result.ok
+        else:
+            remote = anyio.run(partial(replaying.replay_remote, fixture, url, speed=factor))
+            typer.echo(remote.report())
+            failed += not remote.ok
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    wav: Annotated[Path, typer.Option(help="Where to write the call's audio.")] = DEMO_WAV,
+    fixture: Annotated[Path | None, typer.Option(help="Another recorded call to play.")] = None,
+) -> None:
+    """A complete call, offline: emulator + simulated caller; timeline, cost and a WAV."""
+    import anyio
+    from rich.console import Console
+
+    from phone_agent.demo import bundled_fixture, run_demo
+
+    configure_logging("WARNING", "text")
+    code = anyio.run(run_demo, fixture or bundled_fixture(), wav, Console())
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         le=2000,
         description="Playback position granularity: a mark is sent after this much agent audio.",
     )
+    emulator_fixture: Path | None = Field(
+        default=None,
+        description="Offline mode only: the built-in emulator plays this recorded call's model "
+        "side (for `phone-agent replay --url`).",
+    )
     record: Literal["off", "consented", "all"] = Field(
         default="off",
         description="Record calls as replayable fixtures: off, only calls whose TwiML carries "
@@ -134,7 +139,7 @@ class Settings(BaseSettings):
             raise ValueError("must not carry a query string or fragment")
         return value.rstrip("/")
 
-    @field_validator("system_prompt_file")
+    @field_validator("system_prompt_file", "emulator_fixture")
     @classmethod
     def _check_prompt_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

@@ -203,6 +203,8 @@ class ModelSession(Protocol):
 
     async def send_text(self, text: str) -> None: ...
 
+    async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None: ...
+
     def events(self) -> AsyncIterator[ModelEvent]: ...
 
     # Called with every server message, verbatim, before it is translated (call recording).
@@ -229,6 +231,12 @@ class GeminiSession:
             turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
         )
 
+    async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None:
+        try:
+            await self._session.send_tool_response(function_responses=responses)
+        except websockets.ConnectionClosed as exc:
+            raise ModelSessionClosed(exc.rcvd.code if exc.rcvd else 1006, "send failed") from None
+
     async def events(self) -> AsyncIterator[ModelEvent]:
         """Every event until the connection ends, which raises `ModelSessionClosed`."""
         while True:
@@ -248,9 +256,16 @@ class GeminiSession:
                 raise ModelSessionClosed(code, "connection closed") from None
 
 
-def connect_config(settings: Settings) -> types.LiveConnectConfig:
-    """The session setup: audio out, voice, prompt, both transcriptions, resumption on."""
+def connect_config(
+    settings: Settings, declarations: list[types.FunctionDeclaration] | None = None
+) -> types.LiveConnectConfig:
+    """The session setup: audio out, voice, prompt, both transcriptions, resumption on, and the
+    enabled tools' declarations."""
+    tools: list[types.ToolUnion] | None = (
+        [types.Tool(function_declarations=declarations)] if declarations else None
+    )
     return types.LiveConnectConfig(
+        tools=tools,
         response_modalities=[types.Modality.AUDIO],
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
@@ -286,6 +301,7 @@ class GeminiConnector:
         api_key: str,
         base_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        declarations: list[types.FunctionDeclaration] | None = None,
     ) -> None:
         self.settings = settings
         self.model = settings.model
@@ -294,7 +310,7 @@ class GeminiConnector:
             http_options["base_url"] = base_url
         http_options["async_client_args"] = {"ssl": ssl_context or client_ssl_context()}
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(**http_options))
-        self._config = connect_config(settings)
+        self._config = connect_config(settings, declarations)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[GeminiSession]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from google.genai import types
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -35,6 +36,7 @@ class FakeModel:
     audio: bytearray = field(default_factory=bytearray)
     opened: int = 0
     closed: int = 0
+    tool_responses: list[types.FunctionResponse] = field(default_factory=list)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[gemini.ModelSession]:
@@ -58,6 +60,9 @@ class _FakeSession:
 
     async def send_text(self, text: str) -> None:
         pass
+
+    async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None:
+        self.model.tool_responses.extend(responses)
 
     async def events(self) -> AsyncIterator[gemini.ModelEvent]:
         for after_bytes, event in self.model.script:

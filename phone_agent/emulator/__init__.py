@@ -1,7 +1,9 @@
 """A local Gemini Live API emulator that the real google-genai SDK connects to.
 
 Used by the tests, the offline demo and the server's offline mode. See `GeminiEmulator` and
-`EmulatorScript`; `http_options(emu)` gives what `genai.Client` needs to reach it.
+`EmulatorScript`; `http_options(emu)` gives what `genai.Client` needs to reach it. `Recorded`
+replays recorded server messages; `GeminiEmulator(clock="audio")` paces replies by the caller's
+audio, so that replays are deterministic (see `phone_agent.emulator.pacing`).
 """
 
 from phone_agent.emulator.protocol import SetupInfo
@@ -14,6 +16,7 @@ from phone_agent.emulator.script import (
     GoAway,
     Pause,
     Pcm,
+    Recorded,
     Reply,
     Say,
     ScriptError,
@@ -47,6 +50,7 @@ __all__ = [
     "Outcome",
     "Pause",
     "Pcm",
+    "Recorded",
     "Reply",
     "ReplyRecord",
     "Say",

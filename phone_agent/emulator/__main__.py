@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from phone_agent.emulator.pacing import CLOCKS
 from phone_agent.emulator.script import EmulatorScript, ScriptError
 from phone_agent.emulator.server import GeminiEmulator
 
@@ -23,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=2.0, help="audio pacing vs real time (inf: no pacing)"
     )
     parser.add_argument("--chunk-ms", type=int, default=40, help="audio per message, ms")
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="what paces replies: wall time, or the caller audio received (deterministic replays)",
+    )
     parser.add_argument("--vad-threshold-dbfs", type=float, default=-40.0)
     parser.add_argument("--script", help="a JSON script (see phone_agent.emulator.script)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -42,6 +49,7 @@ async def _serve(args: argparse.Namespace, script: EmulatorScript | None) -> Non
         port=args.port,
         speed=args.speed,
         chunk_ms=args.chunk_ms,
+        clock=args.clock,
         vad_threshold_dbfs=args.vad_threshold_dbfs,
         record_messages=False,  # long-running: keep session records small
     )

@@ -1,16 +1,20 @@
 """One emulated Live session: read the client, detect speech, play the script, handle barge-in.
 
 Per connection, a reader and a generator run in one task group; the reply being played is a third
-task in the same group, so the reader can cancel it the moment the caller barges in. The reader
-handles client events synchronously, so the emulator's decisions follow the order of the frames.
+task in the same group. The reader handles client events synchronously, so the emulator's decisions
+follow the order of the frames. When the caller barges in, the reader stops the reply's `Pacer`,
+which ends the reply at its next message (see `pacing` for where, on each clock); the generator
+then sends the interruption.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -20,6 +24,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from phone_agent.emulator import audio, protocol
+from phone_agent.emulator.pacing import (
+    Changes,
+    ClockName,
+    Interrupted,
+    Pacer,
+    make_clock,
+    wait_until,
+)
 from phone_agent.emulator.protocol import (
     ActivityEnd,
     ActivityStart,
@@ -29,7 +41,9 @@ from phone_agent.emulator.protocol import (
     ClientEvent,
     FunctionResponse,
     MediaIn,
+    Piece,
     ProtocolError,
+    RecordedMessage,
     Setup,
     SetupInfo,
     TextIn,
@@ -42,6 +56,8 @@ from phone_agent.emulator.script import (
     EmulatorScript,
     GoAway,
     Pause,
+    Recorded,
+    RecordedItem,
     Reply,
     Say,
     Trigger,
@@ -73,6 +89,8 @@ class Options:
     record_messages: bool = True
     """Keep every message and the caller's PCM in the session record (off for long-running use)."""
     setup_timeout_s: float = 10.0
+    clock: ClockName = "wall"
+    """What paces replies and goAway: wall time, or the caller audio received (see `pacing`)."""
 
 
 class _Stop(Exception):
@@ -84,6 +102,8 @@ class _Fired:
     """A trigger, with what the caller had done by then: decisions follow the order of input."""
 
     trigger: Trigger
+    at: float
+    """When it fired, on the connection's clock."""
     speech_starts: int
     """Utterances started so far: any later one interrupts the reply to this trigger."""
     usage: TurnUsage
@@ -99,11 +119,18 @@ class _Run:
     usage: TurnUsage
     speech_starts: int
     """Utterances started when the trigger fired: any later one interrupts this reply."""
+    pacer: Pacer
     task: asyncio.Task[None] | None = None
     committed: bool = False
     """Set once generation is complete: from then on the caller's speech no longer interrupts it."""
     interrupted: bool = False
     cancelled_ids: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)
+    """Calls the reply waits on, by id: their names (to match responses that lack an id)."""
+    answered: dict[str, float] = field(default_factory=dict)
+    """When each call it waits on was answered, on the connection's clock."""
+    recorded_usage: bool = False
+    """A recorded `usageMetadata` was sent: the turn's end reports no computed usage."""
 
 
 class Conversation:
@@ -128,9 +155,16 @@ class Conversation:
         self._vad: EnergyVad | None = None
         self._speaking = False
         self._speech_starts = 0
+        self._starts: list[float] = []
+        """When each utterance started, on the connection's clock."""
+        self._audio_clock = options.clock == "audio"
+        self._clock = make_clock(options.clock, lambda: self.record.audio_in_ms)
+        self._wake = Changes()
+        """Notified when a reply may go on: caller audio (audio clock), tool responses, barge-in."""
+        self._idle_at = 0.0
+        """Where the last reply ended, on the connection's clock."""
         self._triggers: asyncio.Queue[_Fired] = asyncio.Queue()
         self._run: _Run | None = None
-        self._waiting: dict[str, tuple[str, asyncio.Future[FunctionResponse]]] = {}
         self._cancelled_ids: set[str] = set()
         self._usage = TurnUsage()
         self._cursor = 0
@@ -235,6 +269,8 @@ class Conversation:
                 if self._options.record_messages:
                     rec.audio_in_pcm += pcm
                 self._usage.audio_in_ms += ms
+                if self._audio_clock:
+                    self._wake.notify()
                 self._record_client("audio", {"bytes": len(pcm), "rate": rate, "ms": ms})
                 if self._vad is not None:
                     for vad_event in self._vad.feed(pcm, rate):
@@ -258,7 +294,7 @@ class Conversation:
             case TextIn(text):
                 self._record_client("text", {"text": text})
                 self._usage.text_in_chars += len(text)
-                self._fire(Trigger.TEXT)
+                self._fire(Trigger.TEXT, self.record.audio_in_ms)
             case ClientContent():
                 self._record_client(
                     "client_content",
@@ -266,7 +302,7 @@ class Conversation:
                 )
                 self._usage.text_in_chars += len(event.text)
                 if event.turn_complete:
-                    self._fire(Trigger.TEXT)
+                    self._fire(Trigger.TEXT, self.record.audio_in_ms)
             case ToolResponse(responses):
                 self._on_tool_response(responses)
             case Setup():
@@ -280,29 +316,28 @@ class Conversation:
             return
         self._speaking = True
         self._speech_starts += 1
+        self._starts.append(self._clock.event_time(audio_ms))
         self.record.speech.append(SpeechRecord("start", source, audio_ms, time.monotonic()))
         self._barge_in()
 
     def _barge_in(self) -> None:
-        """If the caller spoke since a reply's trigger and it is still generating, stop it now."""
+        """If the caller spoke since a reply's trigger and it is still generating, stop it.
+
+        The reply stops at its next message (see `pacing`); the generator then sends the
+        interruption.
+        """
         run = self._run
         if (
             run is not None
             and self._speech_starts > run.speech_starts
-            and run.task is not None
-            and not run.task.done()
             and not run.committed
-            and not run.interrupted
             and self._require_setup().interrupts
         ):
-            # The generator sends the cancellation messages once the task has stopped.
-            run.interrupted = True
-            run.cancelled_ids = list(self._waiting)
-            self._cancelled_ids.update(self._waiting)
-            run.task.cancel()
+            run.pacer.stop(self._starts[run.speech_starts])
 
-    def _fire(self, trigger: Trigger) -> None:
-        self._triggers.put_nowait(_Fired(trigger, self._speech_starts, self._usage))
+    def _fire(self, trigger: Trigger, audio_ms: float) -> None:
+        at = self._clock.event_time(audio_ms)
+        self._triggers.put_nowait(_Fired(trigger, at, self._speech_starts, self._usage))
         self._usage = TurnUsage()
 
     def _speech_ended(self, source: str, audio_ms: float) -> None:
@@ -310,7 +345,7 @@ class Conversation:
             return
         self._speaking = False
         self.record.speech.append(SpeechRecord("end", source, audio_ms, time.monotonic()))
-        self._fire(Trigger.SPEECH_END)
+        self._fire(Trigger.SPEECH_END, audio_ms)
 
     def _on_tool_response(self, responses: tuple[FunctionResponse, ...]) -> None:
         self._record_client(
@@ -322,21 +357,28 @@ class Conversation:
                 ]
             },
         )
+        run = self._run
+        unanswered: dict[str, str] = {}
+        if run is not None:
+            unanswered = {i: name for i, name in run.waiting.items() if i not in run.answered}
         matched = stray = False
         for response in responses:
             self._usage.text_in_chars += len(orjson.dumps(response.response))
             call_id = response.id or next(
-                (i for i, (name, _) in self._waiting.items() if name == response.name), None
+                (i for i, name in unanswered.items() if name == response.name), None
             )
-            if call_id is not None and call_id in self._waiting:
-                _, future = self._waiting.pop(call_id)
-                if not future.done():
-                    future.set_result(response)
+            if call_id in self._cancelled_ids:
+                continue
+            if run is not None and call_id is not None and call_id in unanswered:
+                del unanswered[call_id]
+                run.answered[call_id] = self._clock.event_time(self.record.audio_in_ms)
                 matched = True
-            elif call_id not in self._cancelled_ids:
+            else:
                 stray = True
-        if stray and not matched:
-            self._fire(Trigger.TOOL_RESPONSE)
+        if matched:
+            self._wake.notify()
+        elif stray:
+            self._fire(Trigger.TOOL_RESPONSE, self.record.audio_in_ms)
 
     # -- generating --------------------------------------------------------------------------------
 
@@ -352,9 +394,12 @@ class Conversation:
                 self._notify()
                 continue
             index, reply = picked
+            origin = self._clock.reply_origin(fired.at, self._idle_at)
+            pacer = Pacer(self._clock, self._wake, origin, self._options.speed)
             record = ReplyRecord(index, trigger, time.monotonic())
+            record.started_audio_ms = self._audio_ms(origin)
             self.record.replies.append(record)
-            run = _Run(reply, record, fired.usage, fired.speech_starts)
+            run = _Run(reply, record, fired.usage, fired.speech_starts, pacer)
             self._run = run
             run.task = tg.create_task(self._play(run))
             self._notify()
@@ -362,15 +407,16 @@ class Conversation:
             # decided in audio order, so a client sending faster than real time sees the same.
             self._barge_in()
             await asyncio.wait([run.task])
-            if not run.task.cancelled():
-                if run.task.exception() is not None:
-                    return  # the task group reports it and cancels everything
-            elif run.interrupted:
-                await self._send_interruption(run)
-            else:
-                return
+            if run.task.cancelled() or run.task.exception() is not None:
+                return  # the connection is ending; the task group reports any error
+            end = pacer.reached
+            if run.interrupted:
+                assert pacer.stopped_at is not None
+                end = pacer.stopped_at
+                await self._send_interruption(run, end)
+            self._idle_at = max(self._idle_at, end)
             self._run = None
-            await self._after_turn()
+            await self._after_turn(end)
 
     def _pick(self, trigger: Trigger) -> tuple[int | None, Reply] | None:
         replies = self._script.replies
@@ -384,120 +430,226 @@ class Conversation:
         return (None, default) if default.trigger in (Trigger.ANY, trigger) else None
 
     async def _play(self, run: _Run) -> None:
+        """Play a reply; if the caller cuts in, stop and leave the interruption to the generator.
+
+        Each step starts at the position (ms of reply time) where the previous one ended.
+        """
         setup = self._require_setup()
-        reply = run.reply
-        if reply.input_transcript and setup.input_transcription:
-            message = protocol.input_transcription(reply.input_transcript)
-            await self._send("inputTranscription", message)
-        for step in reply.steps:
-            match step:
-                case Say():
-                    await self._say(step, run)
-                case CallTools():
-                    await self._call_tools(step, run)
-                case Pause(duration_ms):
-                    await self._sleep(duration_ms / 1000 / self._options.speed)
-                case Close(code, reason):
-                    await self.close(code, reason)
-                    raise _Stop
+        reply, pacer = run.reply, run.pacer
+        try:
+            if reply.input_transcript and setup.input_transcription:
+                at = await pacer.until(0.0)
+                message = protocol.input_transcription(reply.input_transcript)
+                await self._send("inputTranscription", message, at=at)
+            position = 0.0
+            for step in reply.steps:
+                match step:
+                    case Say():
+                        position = await self._say(step, run, position)
+                    case CallTools():
+                        position = await self._call_tools(step, run, position)
+                    case Recorded():
+                        position = await self._recorded(step, run, position)
+                    case Pause(duration_ms):
+                        position += duration_ms
+                        await pacer.until(position)
+                    case Close(code, reason):
+                        await pacer.until(position)
+                        await self.close(code, reason)
+                        raise _Stop
+            at = pacer.check()
+        except Interrupted:
+            run.interrupted = True
+            stopped_at = pacer.stopped_at
+            assert stopped_at is not None
+            # Calls it was waiting on and that were not answered before the caller cut in.
+            run.cancelled_ids = [
+                i for i in run.waiting if run.answered.get(i, math.inf) >= stopped_at
+            ]
+            self._cancelled_ids.update(run.cancelled_ids)
+            return
         run.committed = True
-        await self._send("generationComplete", protocol.generation_complete())
-        usage = run.usage.usage_metadata(reply.usage)
-        await self._send("turnComplete", protocol.turn_complete(usage))
+        await self._send("generationComplete", protocol.generation_complete(), at=at)
+        await self._send("turnComplete", protocol.turn_complete(self._usage_of(run)), at=at)
         run.record.outcome = Outcome.COMPLETED
         run.record.ended_at = time.monotonic()
+        run.record.ended_audio_ms = self._audio_ms(at)
         self._notify()
 
-    async def _say(self, step: Say, run: _Run) -> None:
+    async def _say(self, step: Say, run: _Run, position: float) -> float:
         setup = self._require_setup()
-        loop = asyncio.get_running_loop()
-        pcm = step.render()
-        chunks = audio.chunks(pcm, self._options.chunk_ms)
+        chunks = audio.chunks(step.render(), self._options.chunk_ms)
         pieces = audio.split_text(step.text, max(1, len(chunks)))
-        start, elapsed_ms = loop.time(), 0.0
         for i, piece in enumerate(pieces):
-            await self._sleep(start + elapsed_ms / 1000 / self._options.speed - loop.time())
+            at = await run.pacer.until(position)
             chunk = chunks[i] if i < len(chunks) else b""
             ms = audio.duration_ms(chunk, audio.OUTPUT_RATE)
-            elapsed_ms += ms
+            position += ms
             if setup.text_only:
                 if piece:
                     run.usage.text_out_chars += len(piece)
-                    await self._send("text", protocol.model_text(piece))
+                    await self._send("text", protocol.model_text(piece), at=at)
                 continue
             if chunk:
-                await self._send(
-                    "audio", protocol.model_audio(chunk), {"bytes": len(chunk), "ms": ms}
-                )
+                summary = {"bytes": len(chunk), "ms": ms}
+                await self._send("audio", protocol.model_audio(chunk), summary, at=at)
                 run.record.audio_ms_sent += ms
                 run.usage.audio_out_ms += ms
             if piece and setup.output_transcription:
-                await self._send("outputTranscription", protocol.output_transcription(piece))
+                message = protocol.output_transcription(piece)
+                await self._send("outputTranscription", message, at=at)
+        return position
 
-    async def _call_tools(self, step: CallTools, run: _Run) -> None:
-        loop = asyncio.get_running_loop()
-        calls = []
-        for call in step.calls:
-            if call.id is None:
-                self._calls += 1
-            call_id = call.id or f"fc-{self._calls}"
-            calls.append((call_id, call.name, call.args))
-            run.record.tool_call_ids.append(call_id)
-        futures = []
+    async def _call_tools(self, step: CallTools, run: _Run, position: float) -> float:
+        at = await run.pacer.until(position)
+        ids = self._call_ids([call.id for call in step.calls])
+        run.record.tool_call_ids.extend(ids)
         if step.wait:
-            for call_id, name, _ in calls:
-                future: asyncio.Future[FunctionResponse] = loop.create_future()
-                self._waiting[call_id] = (name, future)
-                futures.append(future)
-        try:
-            await self._send("toolCall", protocol.tool_call(calls))
-            for future in futures:
-                await future
-        finally:
-            for call_id, _, _ in calls:
-                self._waiting.pop(call_id, None)
+            run.waiting.update((i, call.name) for i, call in zip(ids, step.calls, strict=True))
+        calls = [(i, call.name, call.args) for i, call in zip(ids, step.calls, strict=True)]
+        await self._send("toolCall", protocol.tool_call(calls), at=at)
+        if step.wait:
+            await self._await_answers(run, ids)
+        return position
 
-    async def _send_interruption(self, run: _Run) -> None:
+    async def _recorded(self, step: Recorded, run: _Run, position: float) -> float:
+        """Replay recorded messages at `position` plus their offsets (see `Recorded`)."""
+        items = step.items
+        last = position
+        for n, item in enumerate(items):
+            start = position + item.t_ms
+            at = await run.pacer.until(start)
+            message, awaited = self._take_calls(item, run)
+            run.usage.text_out_chars += message.text_chars
+            run.recorded_usage = run.recorded_usage or "usageMetadata" in message.message
+            self._cancelled_ids.update(message.cancelled)  # responses to them are ignored
+            # Long audio goes in chunks, spread over the time to the next message but no faster
+            # than real time, so that the caller can cut in between them.
+            gap = (items[n + 1].t_ms if n + 1 < len(items) else math.inf) - item.t_ms
+            pace = min(1.0, gap / message.audio_ms) if message.audio_ms else 1.0
+            offset = 0.0
+            for i, piece in enumerate(message.pieces(self._options.chunk_ms)):
+                last = start + offset * pace
+                if i:
+                    at = await run.pacer.until(last)
+                offset += piece.audio_ms
+                await self._send_piece(message.kind, piece, run, at)
+            if awaited:
+                await self._await_answers(run, awaited)
+        end = max(position + step.end_ms, last)
+        await run.pacer.until(end)
+        if step.cut_short:  # still generating when the caller cut in: wait for them to do so
+            await run.pacer.hold(lambda: None)
+        return end
+
+    def _take_calls(self, item: RecordedItem, run: _Run) -> tuple[RecordedMessage, list[str]]:
+        """Number a recorded message's calls, and register and return those the reply awaits."""
+        message = item.message
+        if not message.calls:
+            return message, []
+        ids = self._call_ids([call_id for call_id, _ in message.calls])
+        run.record.tool_call_ids.extend(ids)
+        awaited = []
+        for call_id, (_, name), wait in zip(ids, message.calls, item.waits, strict=True):
+            if wait:
+                awaited.append(call_id)
+                run.waiting[call_id] = name
+        return message.with_call_ids(ids), awaited
+
+    async def _send_piece(self, kind: str, piece: Piece, run: _Run, at: float) -> None:
+        if not piece.audio_bytes:
+            await self._send(kind, piece.message, at=at)
+            return
+        summary = {"bytes": piece.audio_bytes, "ms": piece.audio_ms}
+        await self._send("audio", piece.message, summary, at=at)
+        run.record.audio_ms_sent += piece.audio_ms
+        run.usage.audio_out_ms += piece.audio_ms
+
+    def _call_ids(self, ids: Sequence[str | None]) -> list[str]:
+        """The calls' ids, numbering those without one `fc-1`, `fc-2`, … per session."""
+        numbered = []
+        for call_id in ids:
+            if call_id is None:
+                self._calls += 1
+                call_id = f"fc-{self._calls}"
+            numbered.append(call_id)
+        return numbered
+
+    async def _await_answers(self, run: _Run, ids: Sequence[str]) -> None:
+        """Hold the reply until every call in `ids` (in `run.waiting`) has a response."""
+
+        def answered() -> float | None:
+            if not all(i in run.answered for i in ids):
+                return None
+            return max(run.answered[i] for i in ids)
+
+        await run.pacer.hold(answered)
+        for call_id in ids:
+            run.waiting.pop(call_id, None)
+
+    def _usage_of(self, run: _Run) -> dict[str, Any] | None:
+        """The usage a reply's `turnComplete` reports: none if a recorded one was replayed."""
+        if run.recorded_usage and run.reply.usage is None:
+            return None
+        return run.usage.usage_metadata(run.reply.usage)
+
+    async def _send_interruption(self, run: _Run, at: float) -> None:
         if run.cancelled_ids:
-            await self._send(
-                "toolCallCancellation", protocol.tool_call_cancellation(run.cancelled_ids)
-            )
-        await self._send("interrupted", protocol.interrupted())
+            message = protocol.tool_call_cancellation(run.cancelled_ids)
+            await self._send("toolCallCancellation", message, at=at)
+        await self._send("interrupted", protocol.interrupted(), at=at)
         run.record.outcome = Outcome.INTERRUPTED
         run.record.ended_at = time.monotonic()
-        await self._send("turnComplete", protocol.turn_complete(run.usage.usage_metadata()))
+        run.record.ended_audio_ms = self._audio_ms(at)
+        usage = None if run.recorded_usage else run.usage.usage_metadata()
+        await self._send("turnComplete", protocol.turn_complete(usage), at=at)
 
-    async def _after_turn(self) -> None:
+    async def _after_turn(self, at: float) -> None:
         self._turns += 1
         setup = self._require_setup()
         if setup.resumption and self._script.resumption_updates:
             handle = f"emu-{self.record.id}-{self._turns}-{secrets.token_hex(4)}"
             self._handles[handle] = self._cursor
-            await self._send("sessionResumptionUpdate", protocol.resumption_update(handle))
+            message = protocol.resumption_update(handle)
+            await self._send("sessionResumptionUpdate", message, at=at)
 
     async def _go_away(self, go_away: GoAway) -> None:
-        await asyncio.sleep(go_away.after_s)
-        await self._send("goAway", protocol.go_away(go_away.time_left_s))
+        start = self._clock.now()
+        due = start + go_away.after_s * 1000.0
+        await wait_until(self._clock, self._wake, due)
+        await self._send("goAway", protocol.go_away(go_away.time_left_s), at=due)
         if go_away.close_code is None:
             return
-        await asyncio.sleep(go_away.time_left_s)
+        closing_at = start + (go_away.after_s + go_away.time_left_s) * 1000.0
+        await wait_until(self._clock, self._wake, closing_at)
         await self.close(go_away.close_code, "GoAway: connection lifetime reached")
         raise _Stop
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _sleep(self, seconds: float) -> None:
-        # Always yield, even at infinite speed, so the reader can barge in between chunks.
-        await asyncio.sleep(max(0.0, seconds))
+    def _audio_ms(self, at: float) -> float:
+        """The caller audio time to stamp what happened at clock time `at` with.
+
+        On the audio clock, `at` itself (when a message was due, not when it went out); on the wall
+        clock, the caller audio received so far.
+        """
+        return at if self._audio_clock else self.record.audio_in_ms
 
     async def _send(
-        self, kind: str, message: dict[str, Any], data: dict[str, Any] | None = None
+        self,
+        kind: str,
+        message: dict[str, Any],
+        data: dict[str, Any] | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
+        """Send a message; `at` is when it was due on the connection's clock, if it was paced."""
         # Binary frames, as the real service sends; the SDK parses text and binary alike.
         await self._ws.send(protocol.encode(message))
         if self._options.record_messages:
             summary = data if data is not None else message
-            self.record.sent.append(SentRecord(kind, time.monotonic(), summary))
+            audio_ms = self.record.audio_in_ms if at is None else self._audio_ms(at)
+            self.record.sent.append(SentRecord(kind, time.monotonic(), summary, audio_ms))
         self._notify()
 
     def _record_client(self, kind: str, data: dict[str, Any] | None = None) -> None:

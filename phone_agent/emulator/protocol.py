@@ -3,20 +3,26 @@
 Clients mix casings (the SDK sends `realtime_input` next to camelCase `setup` keys) and base64
 alphabets (the SDK sends URL-safe). Everything is normalised here to snake_case keys and bytes,
 except user data (`args`, `response`, schemas), whose keys are the caller's own and stay verbatim.
+
+Server messages go out in one normal form, as the service sends them: camelCase keys, standard
+base64. Recorded server messages (either casing, either alphabet) are brought to it for replay by
+`recorded_message`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
+from phone_agent.emulator import audio
 from phone_agent.emulator.audio import OUTPUT_RATE
 
 CLOSE_NORMAL = 1000
@@ -453,3 +459,262 @@ def resumption_update(handle: str, resumable: bool = True) -> dict[str, Any]:
 def duration(seconds: float) -> str:
     """A protobuf Duration in its JSON form: `50s`, `0.25s`."""
     return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
+
+
+# -- recorded server messages ----------------------------------------------------------------------
+
+# `serverContent` fields that end or cut a turn: the emulator sends its own.
+_TURN_STATE = frozenset(
+    {
+        "interrupted",
+        "turnComplete",
+        "generationComplete",
+        "turnCompleteReason",
+        "waitingForInput",
+        "interactionStatus",
+    }
+)
+# Connection-level messages: the emulator makes its own (and its VAD judges the caller's voice).
+_SESSION_KEYS = frozenset(
+    {
+        "setupComplete",
+        "sessionResumptionUpdate",
+        "goAway",
+        "voiceActivityDetectionSignal",
+        "voiceActivity",
+    }
+)
+_REPLAYED_KEYS = frozenset({"serverContent", "toolCall", "toolCallCancellation", "usageMetadata"})
+
+
+@functools.lru_cache(maxsize=512)
+def camel_case(key: str) -> str:
+    """`mime_type` -> `mimeType`; camelCase keys are returned unchanged."""
+    head, *rest = key.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def wire_form(value: Any) -> Any:
+    """A server message in either casing as the service sends it: camelCase keys, no null fields,
+    bytes as standard base64. User data (`args`, …) is kept verbatim."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if item is None:
+                continue
+            if not isinstance(key, str):
+                out[key] = wire_form(item)
+            elif snake_case(key) in _OPAQUE_KEYS:
+                out[camel_case(key)] = item
+            else:
+                out[camel_case(key)] = wire_form(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [wire_form(item) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+class Piece(NamedTuple):
+    """A message to send, with the audio it carries."""
+
+    message: dict[str, Any]
+    audio_ms: float
+    audio_bytes: int
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    """A recorded server message ready to replay (see `recorded_message`)."""
+
+    message: Mapping[str, Any]
+    """In the normal form, turn state removed; empty if nothing is left to send."""
+    interrupted: bool = False
+    """Whether it carried `interrupted`: the recorded turn was cut short by the caller."""
+    audio: tuple[tuple[str, bytes], ...] = ()
+    """The MIME type and PCM of each audio part, in order."""
+    audio_ms: float = 0.0
+    calls: tuple[tuple[str | None, str], ...] = ()
+    """The id (None when the recording has none) and name of each function call."""
+    cancelled: tuple[str, ...] = ()
+    """The ids of a `toolCallCancellation`."""
+    text_chars: int = 0
+    """Characters of text parts."""
+
+    @property
+    def generated(self) -> bool:
+        """Whether it is model output: parts, an output transcription or a tool call."""
+        content = self.message.get("serverContent", {})
+        return (
+            "toolCall" in self.message or "modelTurn" in content or "outputTranscription" in content
+        )
+
+    @property
+    def kind(self) -> str:
+        """What it mainly is, as the emulator's records name messages (`audio`, `toolCall`, …)."""
+        content = self.message.get("serverContent", {})
+        if self.audio:
+            return "audio"
+        for key in ("toolCall", "toolCallCancellation"):
+            if key in self.message:
+                return key
+        for key in ("outputTranscription", "inputTranscription"):
+            if key in content:
+                return key
+        if "modelTurn" in content:
+            return "text"
+        return "usageMetadata" if "usageMetadata" in self.message else "serverContent"
+
+    def with_call_ids(self, ids: Sequence[str]) -> RecordedMessage:
+        """This message with its function calls' ids set to `ids`."""
+        tool_call = self.message["toolCall"]
+        calls = [
+            {**call, "id": call_id}
+            for call, call_id in zip(tool_call["functionCalls"], ids, strict=True)
+        ]
+        message = {**self.message, "toolCall": {**tool_call, "functionCalls": calls}}
+        named = tuple((call_id, name) for call_id, (_, name) in zip(ids, self.calls, strict=True))
+        return dataclasses.replace(self, message=message, calls=named)
+
+    def pieces(self, max_ms: float) -> list[Piece]:
+        """The messages to send for this one, each with at most `max_ms` of audio.
+
+        Longer audio is cut into chunks, one a message; the other content rides with the first.
+        """
+        if self.audio_ms <= max_ms:
+            size = sum(len(data) for _, data in self.audio)
+            return [Piece(dict(self.message), self.audio_ms, size)]
+        content = self.message["serverContent"]
+        turn = content["modelTurn"]
+        others = [part for part in turn["parts"] if _pcm_mime(part) is None]
+        out: list[Piece] = []
+        for mime, pcm in self.audio:
+            rate = _pcm_rate(mime)
+            for chunk in audio.chunks(pcm, max_ms, rate):
+                part = {"inlineData": {"mimeType": mime, "data": _b64(chunk)}}
+                if out:
+                    message: dict[str, Any] = {"serverContent": {"modelTurn": {"parts": [part]}}}
+                else:
+                    first_turn = {**turn, "parts": [*others, part]}
+                    message = {
+                        **self.message,
+                        "serverContent": {**content, "modelTurn": first_turn},
+                    }
+                out.append(Piece(message, audio.duration_ms(chunk, rate), len(chunk)))
+        return out
+
+
+def recorded_message(message: Mapping[str, Any]) -> RecordedMessage:
+    """Prepare a recorded server message (either casing, either base64 alphabet) for replay.
+
+    Turn state (`interrupted`, `turnComplete`, `generationComplete`, `turnCompleteReason`,
+    `waitingForInput`, `interactionStatus`) is removed and session messages (`setupComplete`,
+    `goAway`, `sessionResumptionUpdate`, voice activity) are dropped: the emulator sends its own.
+    Raises `ValueError` whose message starts with the path of the bad field, e.g.
+    ``.serverContent.modelTurn.parts[0].inlineData.data: …``.
+    """
+    wire = wire_form(message)
+    unknown = sorted(set(wire) - _REPLAYED_KEYS - _SESSION_KEYS)
+    if unknown:
+        raise ValueError(f": unknown server message key(s) {', '.join(map(repr, unknown))}")
+    out: dict[str, Any] = {}
+    pcm: list[tuple[str, bytes]] = []
+    text_chars = 0
+    interrupted = False
+    if "serverContent" in wire:
+        body = _recorded_object(wire["serverContent"], ".serverContent")
+        interrupted = bool(body.get("interrupted"))
+        content = {k: v for k, v in body.items() if k not in _TURN_STATE}
+        if "modelTurn" in content:
+            content["modelTurn"], pcm, text_chars = _recorded_turn(content["modelTurn"])
+        if content:
+            out["serverContent"] = content
+    calls: tuple[tuple[str | None, str], ...] = ()
+    if "toolCall" in wire:
+        tool_call = _recorded_object(wire["toolCall"], ".toolCall")
+        calls = _recorded_calls(tool_call.get("functionCalls", []))
+        if calls:
+            out["toolCall"] = tool_call
+    cancelled: tuple[str, ...] = ()
+    if "toolCallCancellation" in wire:
+        ids = _recorded_object(wire["toolCallCancellation"], ".toolCallCancellation").get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(".toolCallCancellation.ids: expected a list of strings")
+        cancelled = tuple(ids)
+        out["toolCallCancellation"] = {"ids": ids}
+    if "usageMetadata" in wire:
+        out["usageMetadata"] = _recorded_object(wire["usageMetadata"], ".usageMetadata")
+    try:
+        encode(out)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f": cannot be sent as JSON: {exc}") from None
+    audio_ms = sum(audio.duration_ms(data, _pcm_rate(mime)) for mime, data in pcm)
+    return RecordedMessage(out, interrupted, tuple(pcm), audio_ms, calls, cancelled, text_chars)
+
+
+def _recorded_turn(value: object) -> tuple[dict[str, Any], list[tuple[str, bytes]], int]:
+    where = ".serverContent.modelTurn"
+    turn = _recorded_object(value, where)
+    parts = turn.get("parts", [])
+    if not isinstance(parts, list):
+        raise ValueError(f"{where}.parts: expected a list")
+    out, pcm, text_chars = [], [], 0
+    for i, raw in enumerate(parts):
+        part = _recorded_object(raw, f"{where}.parts[{i}]")
+        if "inlineData" in part:
+            blob = _recorded_object(part["inlineData"], f"{where}.parts[{i}].inlineData")
+            try:
+                data = decode_base64(blob.get("data", ""))
+            except ProtocolError as exc:
+                raise ValueError(f"{where}.parts[{i}].inlineData.data: {exc.reason}") from None
+            part = {**part, "inlineData": {**blob, "data": _b64(data)}}
+            mime = _pcm_mime(part)
+            if mime is not None:
+                if not 1_000 <= _pcm_rate(mime) <= 192_000:
+                    raise ValueError(f"{where}.parts[{i}].inlineData.mimeType: unsupported rate")
+                pcm.append((mime, data))
+        if isinstance(part.get("text"), str):
+            text_chars += len(part["text"])
+        out.append(part)
+    return {**turn, "parts": out}, pcm, text_chars
+
+
+def _recorded_calls(value: object) -> tuple[tuple[str | None, str], ...]:
+    where = ".toolCall.functionCalls"
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list")
+    calls: list[tuple[str | None, str]] = []
+    for i, raw in enumerate(value):
+        call = _recorded_object(raw, f"{where}[{i}]")
+        name, call_id = call.get("name"), call.get("id")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}[{i}].name: a function call needs a name")
+        if call_id is not None and not isinstance(call_id, str):
+            raise ValueError(f"{where}[{i}].id: expected a string")
+        calls.append((call_id, name))
+    return tuple(calls)
+
+
+def _recorded_object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object")
+    return value
+
+
+def _pcm_mime(part: Mapping[str, Any]) -> str | None:
+    """The MIME type of an inline PCM audio part, or None for any other part."""
+    blob = part.get("inlineData")
+    mime = blob.get("mimeType") if isinstance(blob, Mapping) else None
+    if isinstance(mime, str) and mime.lower().startswith(("audio/pcm", "audio/l16")):
+        return mime
+    return None
+
+
+def _pcm_rate(mime: str) -> int:
+    match = _RATE.search(mime)
+    return int(match.group(1)) if match else OUTPUT_RATE
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

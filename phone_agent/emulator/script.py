@@ -2,8 +2,9 @@
 
 A script is a list of replies consumed in order, one per *trigger* (the end of the caller's speech,
 a text turn, or a tool response). A reply is a sequence of steps: say something, call tools (and
-wait for their responses), pause, or close the connection the way a failing server would. When the
-script runs out, `default_reply` answers every trigger, so the emulator always says something.
+wait for their responses), pause, replay recorded server messages, or close the connection the way
+a failing server would. When the script runs out, `default_reply` answers every trigger, so the
+emulator always says something.
 
 Dict form (every key optional unless noted)::
 
@@ -20,7 +21,12 @@ Dict form (every key optional unless noted)::
             {"call_tools": {"calls": [{"name": "lookup_order", "id": "call-7"}], "wait": true}},
             {"pause_ms": 200},
             {"say": "It shipped."},
-            {"close": {"code": 1011, "reason": "Internal error encountered."}}]}],
+            {"recorded": [{"t_ms": 0, "message": {"serverContent": {...}}}, ...]},
+            {"close": {"code": 1011, "reason": "Internal error encountered."}}]},
+        {"trigger": "speech_end",                # recorded form: one `Recorded` step
+         "recorded": [{"t_ms": 0, "message": {"serverContent": {"outputTranscription": ...}}},
+                      {"t_ms": 180, "message": {"toolCall": {"functionCalls": [...]}}}],
+         "wait_for_tools": true}],
      "default_reply": {"trigger": "any", "text": "I'm the emulator."},
      "go_away": {"after_s": 540, "time_left_s": 60, "close_code": 1000},
      "resumption_updates": true}
@@ -28,6 +34,10 @@ Dict form (every key optional unless noted)::
 Audio is one of ``{"tone": {...}}``, ``{"silence_ms": N}``, ``{"pcm_base64": "..."}``,
 ``{"pcm_file": "path.raw"}`` (int16 LE mono 24 kHz) or ``{"wav_file": "path.wav"}`` (16-bit mono
 24 kHz).
+
+A recorded step is ``{"recorded": [{"t_ms": N, "message": {...}}, ...]}`` or
+``{"recorded": {"messages": [...], "wait_for_tools": false}}``: Gemini server messages as recorded,
+each with its offset in ms from the start of the step (see `Recorded`).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import math
 import wave
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +56,7 @@ import orjson
 
 from phone_agent.emulator import audio as pcm
 from phone_agent.emulator.audio import OUTPUT_RATE
+from phone_agent.emulator.protocol import RecordedMessage, recorded_message
 
 
 class ScriptError(ValueError):
@@ -135,7 +147,10 @@ class CallTools:
 
 @dataclass(frozen=True)
 class Pause:
-    """Send nothing for a while (scaled by the emulator's `speed`, like the audio)."""
+    """Send nothing for a while (scaled by the emulator's `speed`, like the audio).
+
+    Steps follow one another in reply time: a pause after `Say` starts when its audio ends.
+    """
 
     duration_ms: int
 
@@ -148,7 +163,73 @@ class Close:
     reason: str = "Internal error encountered."
 
 
-Step = Say | CallTools | Pause | Close
+@dataclass(frozen=True)
+class RecordedItem:
+    """One message of a `Recorded` step, as the emulator replays it."""
+
+    t_ms: float
+    message: RecordedMessage
+    waits: tuple[bool, ...] = ()
+    """For each of its function calls: whether the reply waits for the response before going on."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Replay recorded Gemini server messages, each `t_ms` after the step starts (over `speed`).
+
+    `messages` are ``(t_ms, message)`` pairs in time order, as the service or the SDK produced them
+    (either casing; base64 standard or URL-safe; SDK dumps with nulls and bytes). They go out in
+    order, in the emulator's normal form, each once its offset is due on the emulator's clock.
+
+    - Turn state is stripped (`interrupted`, `turnComplete`, `generationComplete`,
+      `turnCompleteReason`, `waitingForInput`, `interactionStatus`), and a message left empty is
+      skipped: the emulator still ends the reply itself, and sends `interrupted` when the caller
+      cuts in. `setupComplete`, `goAway`, `sessionResumptionUpdate` and voice-activity messages
+      are ignored. Any other unknown top-level key is an error.
+    - Recorded audio is reply audio: it counts in `audio_ms_sent` and usage, and caller speech
+      interrupts it as it does `Say`, checked before every message. A message with more than
+      `chunk_ms` of audio goes out as `chunk_ms` chunks (its other content with the first), paced
+      like `Say` (real time over `speed`) but squeezed into the time before the next message.
+    - A `toolCall` keeps its ids (missing ones are numbered ``fc-N``, as for `FunctionCall`) and
+      they are recorded on the `ReplyRecord`. With `wait_for_tools`, the reply then waits for the
+      responses before going on; the next message goes out no earlier than the last response, and
+      the rest keep their spacing. A call with no model output after it in the step (parts, an
+      output transcription or a tool call), or whose id a later recorded `toolCallCancellation`
+      names, is not waited for: its response then triggers a `tool_response` reply, as in a
+      recording whose next turn it starts.
+    - A `toolCallCancellation` is sent as recorded; later responses to the calls it names are
+      ignored, as for calls the emulator cancels itself.
+    - `usageMetadata` is sent as recorded; the reply's `turnComplete` then carries no computed
+      usage, unless the reply sets `usage`.
+    - What was recorded is sent whatever the setup asked for (transcriptions, response modality).
+    - The step lasts until its last message's offset (usually the recorded `turnComplete`), or
+      its last audio chunk if that is later; the caller's speech interrupts it until then. If the
+      recording has `interrupted` (the caller cut the turn short, so it has no end to replay), the
+      model is taken to be still generating after the last message: the reply stays open, and
+      interruptible, until the caller speaks or the connection closes.
+
+    Raises `ScriptError` for a malformed message.
+    """
+
+    messages: Sequence[tuple[float, Mapping[str, Any]]]
+    wait_for_tools: bool = True
+    items: tuple[RecordedItem, ...] = field(init=False, repr=False, compare=False)
+    """The messages prepared for replay; recorded turn state and session messages left out."""
+    end_ms: float = field(init=False, repr=False, compare=False)
+    """The last message's offset, those left out included."""
+    cut_short: bool = field(init=False, repr=False, compare=False)
+    """Whether the recording has `interrupted`."""
+
+    def __post_init__(self) -> None:
+        pairs = _pairs(self.messages)
+        prepared = _prepare(pairs)
+        object.__setattr__(self, "messages", pairs)
+        object.__setattr__(self, "items", _recorded_items(prepared, self.wait_for_tools))
+        object.__setattr__(self, "end_ms", pairs[-1][0] if pairs else 0.0)
+        object.__setattr__(self, "cut_short", any(m.interrupted for _, m in prepared))
+
+
+Step = Say | CallTools | Pause | Close | Recorded
 
 
 @dataclass(frozen=True)
@@ -195,8 +276,9 @@ class Reply:
 
 @dataclass(frozen=True)
 class GoAway:
-    """Send `goAway{timeLeft}` `after_s` wall-clock seconds into each connection, then close it
-    `time_left_s` later with `close_code` (None: leave it open)."""
+    """Send `goAway{timeLeft}` `after_s` seconds into each connection, then close it `time_left_s`
+    later with `close_code` (None: leave it open). Seconds of wall time, or of caller audio when
+    the emulator runs on the audio clock (`clock="audio"`); not scaled by `speed`."""
 
     after_s: float
     time_left_s: float = 10.0
@@ -250,6 +332,72 @@ def render_audio(spec: AudioSpec) -> bytes:
             return pcm.silence(duration_ms)
         case Pcm(data):
             return data
+
+
+# -- recorded messages -----------------------------------------------------------------------------
+
+
+class _EntryError(ScriptError):
+    """A bad entry of a `Recorded` step; the dict parser relabels it with the entry's path."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"Recorded.messages[{index}]{detail}")
+        self.index = index
+        self.detail = detail
+
+
+def _pairs(messages: object) -> tuple[tuple[float, Mapping[str, Any]], ...]:
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
+        raise ScriptError("Recorded.messages: expected a sequence of (t_ms, message) pairs")
+    pairs: list[tuple[float, Mapping[str, Any]]] = []
+    previous = 0.0
+    for i, entry in enumerate(messages):
+        if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise _EntryError(i, ": expected a (t_ms, message) pair")
+        t_ms, message = entry
+        if isinstance(t_ms, bool) or not isinstance(t_ms, int | float) or not math.isfinite(t_ms):
+            raise _EntryError(i, ".t_ms: expected a number of milliseconds")
+        if t_ms < 0:
+            raise _EntryError(i, ".t_ms: a number of ms >= 0 is needed")
+        if t_ms < previous:
+            raise _EntryError(i, f".t_ms: {t_ms} is before the previous message's {previous}")
+        if not isinstance(message, Mapping):
+            raise _EntryError(i, ".message: expected an object")
+        previous = t_ms
+        pairs.append((t_ms, message))
+    return tuple(pairs)
+
+
+def _prepare(
+    messages: Sequence[tuple[float, Mapping[str, Any]]],
+) -> list[tuple[float, RecordedMessage]]:
+    prepared = []
+    for i, (t_ms, message) in enumerate(messages):
+        try:
+            prepared.append((float(t_ms), recorded_message(message)))
+        except ValueError as exc:
+            raise _EntryError(i, f".message{exc}") from None
+    return prepared
+
+
+def _recorded_items(
+    prepared: Sequence[tuple[float, RecordedMessage]], wait_for_tools: bool
+) -> tuple[RecordedItem, ...]:
+    """The messages left to send; backwards, to know what follows each: output, cancellations."""
+    items: list[RecordedItem] = []
+    output_follows = False
+    cancelled_later: set[str] = set()
+    for t_ms, ready in reversed(prepared):
+        if not ready.message:
+            continue
+        waits = tuple(
+            wait_for_tools and output_follows and call_id not in cancelled_later
+            for call_id, _ in ready.calls
+        )
+        items.append(RecordedItem(t_ms, ready, waits))
+        output_follows = output_follows or ready.generated
+        cancelled_later.update(ready.cancelled)
+    return tuple(reversed(items))
 
 
 # -- dict parsing ----------------------------------------------------------------------------------
@@ -350,6 +498,13 @@ def _parse_reply(obj: _Obj) -> Reply:
         raise ScriptError(f"{obj.path}.trigger: {trigger_name!r} is not one of {choices}") from None
     input_transcript = obj.str_("input_transcript")
     usage = _parse_usage(obj.child("usage")) if obj.has("usage") else None
+    if obj.has("recorded"):
+        others = [k for k in ("steps", "text", "audio", "tool_calls") if obj.has(k)]
+        if others:
+            raise ScriptError(f"{obj.path}: use either 'recorded' or {', '.join(others)}, not both")
+        recorded = _parse_recorded(obj, "recorded", obj.bool_("wait_for_tools", True))
+        obj.done()
+        return Reply((recorded,), trigger, input_transcript, usage)
     flat_keys = [k for k in ("text", "audio", "tool_calls", "wait_for_tools") if obj.has(k)]
     if obj.has("steps"):
         if flat_keys:
@@ -377,7 +532,7 @@ def _parse_step(obj: _Obj) -> Step:
     if len(obj.data) != 1:
         raise ScriptError(
             f"{obj.path}: a step is an object with exactly one of 'say', 'call_tools', "
-            "'pause_ms', 'close'"
+            "'pause_ms', 'recorded', 'close'"
         )
     step: Step
     if obj.has("say"):
@@ -398,6 +553,13 @@ def _parse_step(obj: _Obj) -> Step:
         tools.done()
     elif obj.has("pause_ms"):
         step = Pause(_non_negative(obj, "pause_ms"))
+    elif obj.has("recorded"):
+        if isinstance(obj.data["recorded"], list):
+            step = _parse_recorded(obj, "recorded", True)
+        else:
+            recorded = obj.child("recorded")
+            step = _parse_recorded(recorded, "messages", recorded.bool_("wait_for_tools", True))
+            recorded.done()
     elif obj.has("close"):
         close = obj.child("close")
         step = Close(
@@ -408,6 +570,25 @@ def _parse_step(obj: _Obj) -> Step:
         raise ScriptError(f"{obj.path}: unknown step {next(iter(obj.data))!r}")
     obj.done()
     return step
+
+
+def _parse_recorded(obj: _Obj, key: str, wait_for_tools: bool) -> Recorded:
+    """`obj[key]`: a list of ``{"t_ms": N, "message": {...}}``."""
+    if not isinstance(obj.raw(key), list):
+        raise ScriptError(f"{obj.path}.{key}: expected a list of {{'t_ms': ..., 'message': ...}}")
+    pairs: list[tuple[float, Any]] = []
+    for entry in obj.items(key):
+        t_ms = entry.num("t_ms")
+        if t_ms is None:
+            raise ScriptError(f"{entry.path}.t_ms: the message's offset in ms is needed")
+        if t_ms < 0:
+            raise ScriptError(f"{entry.path}.t_ms: a number of ms >= 0 is needed")
+        pairs.append((t_ms, entry.raw("message")))
+        entry.done()
+    try:
+        return Recorded(pairs, wait_for_tools)
+    except _EntryError as exc:
+        raise ScriptError(f"{obj.path}.{key}[{exc.index}]{exc.detail}") from None
 
 
 def _parse_call(obj: _Obj) -> FunctionCall:

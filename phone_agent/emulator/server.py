@@ -18,6 +18,7 @@ from websockets.http11 import Request, Response
 
 from phone_agent.emulator import protocol
 from phone_agent.emulator.conversation import Conversation, Options
+from phone_agent.emulator.pacing import CLOCKS, Changes, ClockName
 from phone_agent.emulator.script import EmulatorScript
 from phone_agent.emulator.session import EmulatorSession
 from phone_agent.emulator.tls import EmulatorTLS
@@ -33,25 +34,15 @@ _METHODS = ("BidiGenerateContent", "BidiGenerateContentConstrained")
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class _Changes:
-    """Wakes every waiter on each change; waiters re-check their condition (no polling)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
 class GeminiEmulator:
     """A local Gemini Live API endpoint for the real google-genai SDK, driven by a script.
 
     `speed` paces the model's audio relative to real time (2.0 is twice real time, as the service
-    does; `math.inf` sends as fast as possible). `chunk_ms` is the length of each audio message.
+    does; `math.inf` sends as fast as possible); it also divides `Pause` and `Recorded` offsets.
+    `chunk_ms` is the length of each audio message.
+    `clock` is what paces replies and `GoAway`: ``"wall"`` time, or ``"audio"``, the caller audio
+    received on the connection, so that replays are deterministic whatever the transport's speed
+    (a connection that stops sending audio then stalls its reply; see `emulator.pacing`).
     `vad_threshold_dbfs` is the RMS level above which caller audio counts as speech.
     `record_messages=False` keeps session records small for long-running use (offline mode): no
     per-message records and no caller PCM, only setup, speech, replies and how the session ended.
@@ -70,11 +61,14 @@ class GeminiEmulator:
         chunk_ms: int = 40,
         vad_threshold_dbfs: float = -40.0,
         record_messages: bool = True,
+        clock: ClockName = "wall",
     ) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be positive, got {speed}")
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         self.script = script if script is not None else EmulatorScript()
         """The script new connections follow; may be replaced between connections."""
         self.host = host
@@ -84,6 +78,7 @@ class GeminiEmulator:
             chunk_ms=chunk_ms,
             vad_threshold_dbfs=vad_threshold_dbfs,
             record_messages=record_messages,
+            clock=clock,
         )
         self._tls: EmulatorTLS | None = None
         self._server: Server | None = None
@@ -91,7 +86,7 @@ class GeminiEmulator:
         self._sessions: list[EmulatorSession] = []
         self._live: set[Conversation] = set()
         self._handles: dict[str, int] = {}
-        self._changes: _Changes | None = None
+        self._changes: Changes | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -100,7 +95,7 @@ class GeminiEmulator:
         """Make the certificates and start listening."""
         if self._server is not None or self._closed:
             raise RuntimeError("a GeminiEmulator can be started only once")
-        self._changes = _Changes()
+        self._changes = Changes()
         self._tls = EmulatorTLS()
         try:
             self._server = await serve(

@@ -27,6 +27,11 @@ class SentRecord:
     kind: str
     at: float
     data: dict[str, Any] = field(default_factory=dict)
+    audio_ms: float = 0.0
+    """The caller audio time of the message. With `clock="audio"`, a reply's messages carry the
+    audio time they were due at (and `interrupted` the time the caller's speech started), which
+    does not depend on how fast the audio arrived; otherwise, the caller audio received when the
+    message was sent."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class ReplyRecord:
     ended_at: float | None = None
     audio_ms_sent: float = 0.0
     tool_call_ids: list[str] = field(default_factory=list)
+    started_audio_ms: float = 0.0
+    """The caller audio time the reply started at (see `SentRecord.audio_ms`): with
+    `clock="audio"`, its trigger's audio time, or the end of the previous reply if later."""
+    ended_audio_ms: float | None = None
+    """The caller audio time it ended at: its last message, or where the caller cut in."""
 
 
 @dataclass
@@ -71,6 +81,7 @@ class EmulatorSession:
     setup: SetupInfo | None = None
     client_messages: list[ClientRecord] = field(default_factory=list)
     audio_in_ms: float = 0.0
+    """Caller audio received so far: the connection's clock with `clock="audio"`."""
     audio_in_pcm: bytearray = field(default_factory=bytearray)
     audio_in_rate: int | None = None
     """Rate of the last audio chunk; `audio_in_pcm` is every chunk concatenated as received."""

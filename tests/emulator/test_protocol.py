@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import orjson
 import pytest
@@ -293,3 +294,171 @@ def test_unusable_silence_durations_fall_back_to_the_default(value: object) -> N
     setup = {"setup": {"model": "m", "realtimeInputConfig": detection}}
     [event] = parse_client_message(orjson.dumps(setup))
     assert isinstance(event, Setup) and event.info.silence_duration_ms is None
+
+
+# -- recorded server messages ----------------------------------------------------------------------
+
+AUDIO_24K = bytes(range(256)) * 15  # 80 ms at 24 kHz; every byte value, so both alphabets differ
+
+
+def recorded_audio_message(data: str | bytes, casing: str = "camel") -> dict[str, object]:
+    if casing == "snake":
+        blob = {"mime_type": "audio/pcm;rate=24000", "data": data}
+        return {"server_content": {"model_turn": {"parts": [{"inline_data": blob}]}}}
+    blob = {"mimeType": "audio/pcm;rate=24000", "data": data}
+    return {"serverContent": {"modelTurn": {"parts": [{"inlineData": blob}]}}}
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        recorded_audio_message(base64.b64encode(AUDIO_24K).decode()),
+        recorded_audio_message(base64.urlsafe_b64encode(AUDIO_24K).decode().rstrip("=")),
+        recorded_audio_message(base64.urlsafe_b64encode(AUDIO_24K).decode(), "snake"),
+        recorded_audio_message(AUDIO_24K, "snake"),  # an SDK `model_dump()`: raw bytes
+    ],
+    ids=["standard", "url-safe-unpadded", "snake-case", "sdk-dump-bytes"],
+)
+def test_recorded_audio_in_every_form_becomes_the_normal_form(recorded: dict[str, object]) -> None:
+    ready = protocol.recorded_message(recorded)
+    assert ready.message == protocol.model_audio(AUDIO_24K)
+    assert ready.audio == (("audio/pcm;rate=24000", AUDIO_24K),)
+    assert (ready.audio_ms, ready.kind, ready.generated) == (80.0, "audio", True)
+
+
+def test_recorded_sdk_dump_with_nulls_and_enums() -> None:
+    from google.genai import types
+
+    message = types.LiveServerMessage.model_validate(
+        {
+            "toolCall": {"functionCalls": [{"id": "a", "name": "f", "args": {"order_id": 1}}]},
+            "usageMetadata": {
+                "promptTokenCount": 3,
+                "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 3}],
+            },
+        }
+    )
+    ready = protocol.recorded_message(message.model_dump())
+    assert orjson.loads(protocol.encode(ready.message)) == {
+        "toolCall": {"functionCalls": [{"id": "a", "name": "f", "args": {"order_id": 1}}]},
+        "usageMetadata": {
+            "promptTokenCount": 3,
+            "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 3}],
+        },
+    }
+    assert ready.calls == (("a", "f"),) and ready.kind == "toolCall"
+
+
+def test_recorded_turn_state_and_session_messages_are_left_out() -> None:
+    flags = {"turnComplete": True, "generationComplete": True, "interactionStatus": "IDLE"}
+    mixed = {"serverContent": {"outputTranscription": {"text": "Hi"}, **flags}}
+    assert protocol.recorded_message(mixed).message == {
+        "serverContent": {"outputTranscription": {"text": "Hi"}}
+    }
+    cut = protocol.recorded_message({"serverContent": {"interrupted": True}})
+    assert cut.message == {} and cut.interrupted
+    usage = {"usage_metadata": {"total_token_count": 9}, "server_content": {"turn_complete": True}}
+    assert protocol.recorded_message(usage).message == {"usageMetadata": {"totalTokenCount": 9}}
+    sessions: list[dict[str, Any]] = [
+        {"setupComplete": {}},
+        {"goAway": {"timeLeft": "5s"}},
+        {"voiceActivity": {}},
+    ]
+    for session in sessions:
+        assert protocol.recorded_message(session).message == {}
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"somethingNew": {}}, ": unknown server message key(s) 'somethingNew'"),
+        ({"serverContent": []}, ".serverContent: expected an object"),
+        (recorded_audio_message("@@"), ".serverContent.modelTurn.parts[0].inlineData.data: "),
+        ({"toolCall": {"functionCalls": [{"args": {}}]}}, ".toolCall.functionCalls[0].name: "),
+        ({"toolCallCancellation": {"ids": [1]}}, ".toolCallCancellation.ids: expected a list"),
+        ({"toolCall": {"functionCalls": [{"name": "f", "args": {"x": b"1"}}]}}, ": cannot be sent"),
+    ],
+)
+def test_bad_recorded_messages_name_the_field(message: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        protocol.recorded_message(message)
+    assert str(caught.value).startswith(error)
+
+
+def test_long_recorded_audio_is_cut_into_pieces_with_the_other_content_first() -> None:
+    blob = {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(AUDIO_24K).decode()}
+    parts = [{"text": "thinking"}, {"inlineData": blob}]
+    recorded = {
+        "serverContent": {"modelTurn": {"parts": parts}, "outputTranscription": {"text": "Hi"}}
+    }
+    ready = protocol.recorded_message(recorded)
+    assert ready.pieces(80.0) == [(ready.message, 80.0, len(AUDIO_24K))]
+    pieces = ready.pieces(30.0)
+    assert [(p.audio_ms, p.audio_bytes) for p in pieces] == [
+        (30.0, 1440),
+        (30.0, 1440),
+        (20.0, 960),
+    ]
+    first = pieces[0].message["serverContent"]
+    assert first["outputTranscription"] == {"text": "Hi"}
+    assert first["modelTurn"]["parts"][0] == {"text": "thinking"}
+    assert pieces[2].message == protocol.model_audio(AUDIO_24K[2880:])
+    rejoined = b"".join(
+        base64.b64decode(p.message["serverContent"]["modelTurn"]["parts"][-1]["inlineData"]["data"])
+        for p in pieces
+    )
+    assert rejoined == AUDIO_24K
+
+
+def test_recorded_calls_get_their_ids() -> None:
+    ready = protocol.recorded_message({"toolCall": {"functionCalls": [{"name": "f"}]}})
+    assert ready.calls == ((None, "f"),)
+    numbered = ready.with_call_ids(["fc-3"])
+    assert numbered.calls == (("fc-3", "f"),)
+    assert numbered.message == {"toolCall": {"functionCalls": [{"name": "f", "id": "fc-3"}]}}
+
+
+_SERVER_KEYS = [
+    "serverContent",
+    "server_content",
+    "modelTurn",
+    "parts",
+    "inlineData",
+    "mimeType",
+    "data",
+    "text",
+    "turnComplete",
+    "interrupted",
+    "toolCall",
+    "functionCalls",
+    "name",
+    "id",
+    "args",
+    "toolCallCancellation",
+    "ids",
+    "usageMetadata",
+    "goAway",
+]
+_server_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(_SERVER_KEYS), children, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(_SERVER_KEYS), _server_json, max_size=3))
+def test_arbitrary_recorded_messages_are_prepared_or_raise_value_error(
+    message: dict[str, object],
+) -> None:
+    try:
+        ready = protocol.recorded_message(message)
+    except ValueError:
+        return
+    protocol.encode(ready.message)
+    for piece in ready.pieces(1.0):  # derived properties must not raise either
+        protocol.encode(piece.message)
+    assert isinstance(ready.kind, str) and ready.audio_ms >= 0

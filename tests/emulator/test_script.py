@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import base64
+import math
 import wave
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,6 +19,7 @@ from phone_agent.emulator import (
     GoAway,
     Pause,
     Pcm,
+    Recorded,
     Reply,
     Say,
     ScriptError,
@@ -192,3 +196,116 @@ def test_sequences_are_stored_as_tuples() -> None:
     assert reply == Reply((CallTools((call,)),))
     assert EmulatorScript([reply]) == EmulatorScript((reply,))
     assert isinstance(EmulatorScript([reply]).replies, tuple)
+
+
+# -- recorded steps ------------------------------------------------------------------------------
+
+Message = Mapping[str, Any]
+HELLO: Message = {"serverContent": {"outputTranscription": {"text": "Hello"}}}
+CALL: Message = {"toolCall": {"functionCalls": [{"id": "call-1", "name": "lookup_order"}]}}
+DONE: Message = {"serverContent": {"generationComplete": True, "turnComplete": True}}
+
+
+def test_recorded_steps_in_both_dict_forms() -> None:
+    entries = [{"t_ms": 0, "message": HELLO}, {"t_ms": 250.5, "message": DONE}]
+    script = EmulatorScript.from_dict(
+        {
+            "replies": [
+                {"trigger": "text", "recorded": entries, "input_transcript": "hi"},
+                {"steps": [{"recorded": entries}, {"say": "More."}]},
+                {"steps": [{"recorded": {"messages": entries, "wait_for_tools": False}}]},
+                {"recorded": entries, "wait_for_tools": False},
+            ]
+        }
+    )
+    recorded = Recorded([(0, HELLO), (250.5, DONE)])
+    unwaited = Recorded([(0, HELLO), (250.5, DONE)], wait_for_tools=False)
+    assert script.replies == (
+        Reply((recorded,), Trigger.TEXT, "hi"),
+        Reply((recorded, Say("More."))),
+        Reply((unwaited,)),
+        Reply((unwaited,)),
+    )
+
+
+def test_recorded_items_leave_out_turn_state_and_know_where_the_step_ends() -> None:
+    json_pair: Any = [0, HELLO]  # pairs straight from JSON are lists: accepted too
+    recorded = Recorded([json_pair, (120, {"serverContent": {"interrupted": True}}), (121, DONE)])
+    assert recorded.messages == (
+        (0, HELLO),
+        (120, {"serverContent": {"interrupted": True}}),
+        (121, DONE),
+    )
+    assert [(i.t_ms, i.message.kind) for i in recorded.items] == [(0.0, "outputTranscription")]
+    assert (recorded.end_ms, recorded.cut_short) == (121, True)
+    assert Recorded([]).items == () and not Recorded([(5, HELLO)]).cut_short
+
+
+def test_which_recorded_calls_the_reply_waits_for() -> None:
+    def waits(*messages: Message, wait: bool = True) -> list[tuple[bool, ...]]:
+        recorded = Recorded([(i * 10, m) for i, m in enumerate(messages)], wait)
+        return [item.waits for item in recorded.items if item.message.calls]
+
+    usage: Message = {"usageMetadata": {"totalTokenCount": 5}}
+    heard: Message = {"serverContent": {"inputTranscription": {"text": "late caller words"}}}
+    cancel: Message = {"toolCallCancellation": {"ids": ["call-1"]}}
+    assert waits(CALL, HELLO) == [(True,)]
+    assert waits(CALL, HELLO, wait=False) == [(False,)]
+    # Nothing the model says after it: the turn ends, and the response starts the next one.
+    assert waits(CALL, usage, heard, DONE) == [(False,)]
+    assert waits(CALL, cancel, HELLO) == [(False,)]
+    two: Message = {"toolCall": {"functionCalls": [{"id": "call-1", "name": "f"}, {"name": "g"}]}}
+    assert waits(two, cancel, HELLO) == [(False, True)]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"replies": [{"recorded": {}}]}, "replies[0].recorded: expected a list"),
+        ({"replies": [{"recorded": [{"message": HELLO}]}]}, "replies[0].recorded[0].t_ms: the"),
+        ({"replies": [{"recorded": [{"t_ms": -1, "message": HELLO}]}]}, "recorded[0].t_ms: a num"),
+        (
+            {
+                "replies": [
+                    {"recorded": [{"t_ms": 5, "message": HELLO}, {"t_ms": 4, "message": {}}]}
+                ]
+            },
+            "replies[0].recorded[1].t_ms: 4.0 is before the previous message's 5.0",
+        ),
+        ({"replies": [{"recorded": [{"t_ms": 0, "message": "hi"}]}]}, "recorded[0].message: exp"),
+        (
+            {"replies": [{"recorded": [{"t_ms": 0, "msg": {}}]}]},
+            "recorded[0]: unknown key(s) 'msg'",
+        ),
+        (
+            {
+                "replies": [
+                    {"recorded": [{"t_ms": 0, "message": {"serverContent": {"modelTurn": 1}}}]}
+                ]
+            },
+            "replies[0].recorded[0].message.serverContent.modelTurn: expected an object",
+        ),
+        ({"replies": [{"recorded": [], "text": "x"}]}, "use either 'recorded' or text, not both"),
+        (
+            {"replies": [{"steps": [{"recorded": {"messages": [], "wait": True}}]}]},
+            "replies[0].steps[0].recorded: unknown key(s) 'wait'",
+        ),
+        (
+            {"replies": [{"steps": [{"recorded": {"messages": [{"t_ms": 0, "message": 3}]}}]}]},
+            "replies[0].steps[0].recorded.messages[0].message: expected an object",
+        ),
+    ],
+)
+def test_recorded_errors_name_the_field(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ScriptError) as caught:
+        EmulatorScript.from_dict(data)
+    assert message in str(caught.value)
+
+
+def test_recorded_errors_from_the_api() -> None:
+    with pytest.raises(ScriptError, match=r"^Recorded.messages\[1\]: expected a \(t_ms, message\)"):
+        Recorded([(0, HELLO), (1,)])  # type: ignore[list-item]
+    with pytest.raises(ScriptError, match=r"^Recorded.messages\[0\].t_ms: expected a number"):
+        Recorded([(math.nan, HELLO)])
+    with pytest.raises(ScriptError, match=r"^Recorded.messages\[0\].message: unknown server"):
+        Recorded([(0, {"noSuchMessage": {}})])

@@ -70,6 +70,8 @@ def test_rejects_bad_settings() -> None:
         GeminiEmulator(speed=0)
     with pytest.raises(ValueError):
         GeminiEmulator(chunk_ms=0)
+    with pytest.raises(ValueError, match="clock must be one of wall, audio"):
+        GeminiEmulator(clock="tape")  # type: ignore[arg-type]
 
 
 async def test_other_paths_are_rejected() -> None:
