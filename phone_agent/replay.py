@@ -34,7 +34,6 @@ from phone_agent.emulator import (
     EmulatorScript,
     GeminiEmulator,
     GoAway,
-    Pause,
     Recorded,
     Reply,
     Trigger,
@@ -56,7 +55,6 @@ Speed = Literal["realtime", "max"]
 MAX_SPEED = 8.0
 TIMELINE_TOLERANCE_MS = 80.0
 _FRAME_MS = 20
-_HOLD_INTERRUPTED_MS = 30_000
 
 
 class ReplayError(Exception):
@@ -131,21 +129,17 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _interrupted(message: Mapping[str, Any]) -> bool:
-    content = message.get("serverContent") or message.get("server_content")
-    return isinstance(content, Mapping) and bool(content.get("interrupted"))
-
-
 def emulator_script(fixture: CallFixture) -> EmulatorScript:
     """The fixture's model side: one reply per recorded turn, plus the recorded `goAway`."""
-    replies = []
-    for turn in fixture.model_turns:
-        steps: list[Recorded | Pause] = [Recorded([(m.t_ms, m.message) for m in turn.messages])]
-        if any(_interrupted(m.message) for m in turn.messages):
-            # The recording stops where the caller cut in; keep the turn "generating" until the
-            # replayed caller cuts in again, or the cut would fall after the turn had ended.
-            steps.append(Pause(_HOLD_INTERRUPTED_MS))
-        replies.append(Reply(steps=steps, trigger=Trigger(turn.trigger)))
+    # A turn recorded as interrupted stops where the caller cut in; `Recorded` keeps such a turn
+    # "generating" until the replayed caller cuts in again.
+    replies = [
+        Reply(
+            steps=[Recorded([(m.t_ms, m.message) for m in turn.messages])],
+            trigger=Trigger(turn.trigger),
+        )
+        for turn in fixture.model_turns
+    ]
     go_away = None
     for event in fixture.session_events:
         body = event.message.get("goAway") or event.message.get("go_away")
