@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+from google.genai import types
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from phone_agent import webhook
-from phone_agent.bridge import CallBridge, CallSummary, ModelConnect
-from phone_agent.config import Settings
+from phone_agent import db, webhook
+from phone_agent.bridge import CallBridge, CallSummary, ModelConnect, ToolSet
+from phone_agent.capabilities import capabilities_for
+from phone_agent.config import ConfigError, Settings
 from phone_agent.gemini import GeminiConnector
+from phone_agent.orders.store import OrderStore
+from phone_agent.orders.tools import register_order_tools
 from phone_agent.recorder import RecordingPolicy
+from phone_agent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,7 @@ class AppState:
     calls_ended: int = 0
     summaries: list[CallSummary] = field(default_factory=list)
     keep_summaries: int = 0
+    tooling: Tooling | None = None
     _ended: anyio.Event | None = None
 
     def call_ended(self, summary: CallSummary) -> None:
@@ -55,9 +63,50 @@ class AppState:
             await self._ended.wait()
 
 
+@dataclass(frozen=True)
+class GeminiTarget:
+    """Where the model lives when it is not Google's default endpoint (tests, a local emulator)."""
+
+    base_url: str | None
+    api_key: str
+    ssl_context: ssl.SSLContext | None = None
+
+
+ORDER_TOOLS = frozenset({"lookup_order", "list_recent_orders"})
+
+
+@dataclass
+class Tooling:
+    """The call tools and, behind the order tools, the database."""
+
+    tools: ToolSet
+    declarations: list[types.FunctionDeclaration]
+    engine: AsyncEngine
+    uses_database: bool
+
+
+def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> Tooling:
+    """Register the built-in tools beside the business's own (`registry`); declare only the enabled
+    ones (deny by default)."""
+    registry = registry if registry is not None else ToolRegistry()
+    try:
+        engine = db.create_engine(db.database_url(settings.database_url))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    register_order_tools(registry, OrderStore(db.sessionmaker(engine)))
+    enabled = frozenset(settings.tools)
+    try:
+        declarations = registry.declarations(enabled, settings.model)
+    except ValueError as exc:
+        raise ConfigError(f"PHONE_AGENT_TOOLS: {exc}; known tools: {registry.names()}") from None
+    tools = ToolSet(registry, enabled, capabilities_for(settings.model))
+    return Tooling(tools, declarations, engine, uses_database=bool(ORDER_TOOLS & enabled))
+
+
 async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
     """Point calls at Gemini, or in offline mode at a built-in emulator started here."""
     settings = state.settings
+    declarations = state.tooling.declarations if state.tooling else None
     if settings.offline:
         from phone_agent.emulator import GeminiEmulator
 
@@ -82,11 +131,14 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
             api_key="offline-emulator",
             base_url=emulator.base_url,
             ssl_context=emulator.client_ssl_context(),
+            declarations=declarations,
         )
         state.offline = True
     else:
         key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else "none"
-        connector = GeminiConnector(settings, api_key=key, base_url=settings.gemini_base_url)
+        connector = GeminiConnector(
+            settings, api_key=key, base_url=settings.gemini_base_url, declarations=declarations
+        )
     state.connect_model = connector.connect
 
 
@@ -94,10 +146,21 @@ def create_app(
     settings: Settings,
     *,
     connect_model: ModelConnect | None = None,
+    gemini: GeminiTarget | None = None,
+    registry: ToolRegistry | None = None,
     keep_summaries: int = 0,
 ) -> Starlette:
-    """Build the app. `connect_model` replaces the Gemini connector (tests, other models)."""
-    state = AppState(settings=settings, connect_model=connect_model, keep_summaries=keep_summaries)
+    """Build the app. `gemini` points it at another endpoint (e.g. an emulator); `connect_model`
+    replaces the Gemini connector altogether (fakes). `registry` holds your own tools; the built-in
+    ones are added to it. Raises `ConfigError` for unusable settings.
+    """
+    tooling = build_tooling(settings, registry)
+    state = AppState(
+        settings=settings,
+        connect_model=connect_model,
+        keep_summaries=keep_summaries,
+        tooling=tooling,
+    )
     recording = (
         RecordingPolicy(
             settings.record_dir, everyone=settings.record == "all", model=settings.model
@@ -109,6 +172,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(tooling.engine.dispose)
+            if tooling.uses_database:
+                await db.prepare(tooling.engine)
+                log.info(
+                    "order database ready",
+                    extra={"event": "db.ready", "url": db.redacted(str(tooling.engine.url))},
+                )
+            if state.connect_model is None and gemini is not None:
+                state.connect_model = GeminiConnector(
+                    settings,
+                    api_key=gemini.api_key,
+                    base_url=gemini.base_url,
+                    ssl_context=gemini.ssl_context,
+                    declarations=tooling.declarations,
+                ).connect
             if state.connect_model is None:
                 await _start_model(state, stack)
             yield
@@ -142,6 +220,7 @@ def create_app(
             websocket,
             connect,
             recording=recording,
+            tools=tooling.tools,
             start_timeout_s=settings.start_timeout_s,
             max_message_bytes=settings.max_message_bytes,
             mark_interval_ms=settings.mark_interval_ms,

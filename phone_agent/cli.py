@@ -37,8 +37,13 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
-        create_app(settings),
+        application,
         host=host,
         port=port,
         log_config=None,
@@ -123,6 +128,15 @@ def demo(
     configure_logging("WARNING", "text")
     code = anyio.run(run_demo, fixture or bundled_fixture(), wav, Console())
     raise typer.Exit(code)
+
+
+def _mount_db() -> None:
+    from phone_agent.db_cli import db_app
+
+    app.add_typer(db_app, name="db", help="The order database: migrations and demo data.")
+
+
+_mount_db()
 
 
 def main() -> None:

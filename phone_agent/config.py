@@ -7,7 +7,7 @@ that names the variable (see `describe_validation_error`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -18,7 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise phone assistant for a small online shop. You are speaking on a "
@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         description="Offline mode only: the built-in emulator plays this recorded call's model "
         "side (for `phone-agent replay --url`).",
     )
+    tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tools the model may call, comma-separated (deny by default), e.g. "
+        "lookup_order,list_recent_orders.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Order database, e.g. postgresql+asyncpg://user@host/db. Unset: an embedded "
+        "SQLite file ./phone-agent.db, created and seeded with demo data on first start.",
+    )
     record: Literal["off", "consented", "all"] = Field(
         default="off",
         description="Record calls as replayable fixtures: off, only calls whose TwiML carries "
@@ -112,6 +122,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="Log lines as JSON objects or plain text."
     )
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _split_tools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @field_validator("gemini_base_url")
     @classmethod

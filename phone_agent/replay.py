@@ -40,7 +40,6 @@ from phone_agent.emulator import (
 )
 from phone_agent.emulator.vad import EnergyVad, SpeechEnded
 from phone_agent.fixture import CallFixture, Expectations
-from phone_agent.gemini import GeminiConnector
 from phone_agent.simulator import (
     CallerStep,
     CallRecord,
@@ -299,32 +298,32 @@ async def replay_stack(
     fixture: CallFixture, settings: Settings | None = None
 ) -> AsyncIterator[tuple[str, GeminiEmulator, Any]]:
     """Emulator playing the fixture's model side + the app on an ephemeral port."""
-    from phone_agent.app import create_app
+    from phone_agent.app import GeminiTarget, create_app
 
     settings = settings or Settings()
     async with GeminiEmulator(
         emulator_script(fixture), speed=1.0, clock="audio", record_messages=False
     ) as emulator:
-        connector = GeminiConnector(
-            settings,
-            api_key="replay",
-            base_url=emulator.base_url,
-            ssl_context=emulator.client_ssl_context(),
-        )
-        app = create_app(settings, connect_model=connector.connect, keep_summaries=100)
+        target = GeminiTarget(emulator.base_url, "replay", emulator.client_ssl_context())
+        app = create_app(settings, gemini=target, keep_summaries=100)
         async with embedded_server(app) as base_url:
             yield base_url.replace("http://", "ws://") + "/twilio/media", emulator, app
 
 
 async def replay(
-    fixture: CallFixture, *, speed: Speed | float = "max", limit_s: float | None = None
+    fixture: CallFixture,
+    *,
+    speed: Speed | float = "max",
+    limit_s: float | None = None,
+    settings: Settings | None = None,
 ) -> ReplayResult:
-    """Replay in-process: the bridge between the simulator and the emulator."""
+    """Replay in-process: the bridge between the simulator and the emulator. `settings` configure
+    the server side (e.g. the tools enabled and their database)."""
     plan = caller_plan(fixture)
     factor = speed_factor(speed)
     duration_s = max((m.t_ms for m in fixture.caller), default=0.0) / 1000.0
     limit = limit_s if limit_s is not None else 30.0 + 2.0 * duration_s / factor
-    async with replay_stack(fixture) as (media_url, _emulator, app):
+    async with replay_stack(fixture, settings) as (media_url, _emulator, app):
         state = app.state.phone_agent
         simulator = TwilioCallerSimulator(
             media_url,

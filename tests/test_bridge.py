@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from phone_agent import gemini
 from phone_agent.app import create_app
-from phone_agent.config import Settings
+from phone_agent.config import ConfigError, Settings
+from phone_agent.tools.registry import CallContext, ToolRegistry
 
 SID = "MZ" + "a" * 32
 CALL = "CA" + "b" * 32
@@ -72,7 +74,8 @@ class _FakeSession:
         await anyio.sleep_forever()
 
 
-def start_msg() -> str:
+def start_msg(caller: str | None = None) -> str:
+    params = {"from": caller} if caller else {}
     return json.dumps(
         {
             "event": "start",
@@ -83,7 +86,7 @@ def start_msg() -> str:
                 "streamSid": SID,
                 "callSid": CALL,
                 "tracks": ["inbound"],
-                "customParameters": {},
+                "customParameters": params,
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             },
         }
@@ -110,10 +113,17 @@ def stop_msg(seq: int) -> str:
     return json.dumps({"event": "stop", "sequenceNumber": str(seq), "streamSid": SID})
 
 
-def make_client(model: FakeModel, **settings: object) -> TestClient:
+def make_client(
+    model: FakeModel, registry: ToolRegistry | None = None, **settings: object
+) -> TestClient:
     values: dict[str, object] = {"start_timeout_s": 1.0}
     values.update(settings)
-    app = create_app(Settings(**values), connect_model=model.connect, keep_summaries=10)  # type: ignore[arg-type]
+    app = create_app(
+        Settings(**values),  # type: ignore[arg-type]
+        connect_model=model.connect,
+        registry=registry,
+        keep_summaries=10,
+    )
     return TestClient(app)
 
 
@@ -239,3 +249,54 @@ def test_barge_in_sends_clear_and_drops_late_audio() -> None:
     assert summary.clears == 1 and summary.dropped_audio_chunks == 1
     first, second = summary.tracker.turns
     assert first.interrupted and first.cleared and not second.interrupted
+
+
+def test_tool_calls_are_answered_and_cancelled_ones_are_not() -> None:
+    registry = ToolRegistry()
+    slow_cancelled = threading.Event()
+
+    @registry.tool(timeout_s=30)
+    async def echo(ctx: CallContext, text: str) -> dict[str, str]:
+        """Say it back.
+
+        Args:
+            text: What to say.
+        """
+        return {"text": text, "caller": ctx.caller_number or ""}
+
+    @registry.tool(timeout_s=30)
+    async def slow(ctx: CallContext) -> str:
+        """Never finishes on its own."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            slow_cancelled.set()
+        return "unreachable"
+
+    model = FakeModel(
+        script=[
+            (640, gemini.ToolCallRequest((gemini.FunctionCall("fc-1", "echo", {"text": "hi"}),))),
+            (640, gemini.ToolCallRequest((gemini.FunctionCall("fc-2", "slow", {}),))),
+            (1280, gemini.ToolCallCancelled(("fc-2",))),
+            (1280, gemini.ToolCallRequest((gemini.FunctionCall("fc-3", "nope", {}),))),
+        ]
+    )
+    client = make_client(model, registry, tools=["echo", "slow"])
+    with client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg(caller="+15550001111"))
+        ws.send_text(media_msg(2))
+        ws.send_text(media_msg(3))
+        assert slow_cancelled.wait(5)
+        ws.send_text(stop_msg(4))
+    by_id = {r.id: r for r in model.tool_responses}
+    assert sorted(by_id) == ["fc-1", "fc-3"]  # the cancelled call gets no response
+    assert by_id["fc-1"].response == {"output": {"text": "hi", "caller": "+15550001111"}}
+    assert by_id["fc-3"].response is not None and "error" in by_id["fc-3"].response
+    summary = client.app.state.phone_agent.summaries[-1]  # type: ignore[attr-defined]
+    assert summary.tools_called == ["echo", "slow", "nope"]
+    assert [r.status for r in summary.tool_results] == ["ok", "unknown_tool"]
+
+
+def test_unknown_enabled_tool_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="PHONE_AGENT_TOOLS"):
+        create_app(Settings(tools=["no_such_tool"]), connect_model=FakeModel().connect)

@@ -15,6 +15,7 @@ from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import EmulatorScript, GeminiEmulator, Reply, Tone
 from phone_agent.fixture import CallFixture, Expectations
+from phone_agent.recorder import HEARD_TOLERANCE_MS
 from phone_agent.gemini import GeminiConnector
 from phone_agent.simulator import (
     HangUp,
@@ -55,10 +56,13 @@ async def test_replay_is_deterministic() -> None:
     assert first.summary.clears == second.summary.clears
     tolerance = replay.TIMELINE_TOLERANCE_MS
     for a, b in zip(first.timeline, second.timeline, strict=True):
-        assert abs(a.first_sent_ms - b.first_sent_ms) <= tolerance
-        assert abs(a.heard_ms - b.heard_ms) <= tolerance
+        pair = f"{a}\n{b}"
+        assert abs(a.first_sent_ms - b.first_sent_ms) <= tolerance, pair
+        assert abs(a.sent_ms - b.sent_ms) <= tolerance, pair
         if a.first_heard_ms is not None and b.first_heard_ms is not None:
-            assert abs(a.first_heard_ms - b.first_heard_ms) <= tolerance
+            assert abs(a.first_heard_ms - b.first_heard_ms) <= tolerance, pair
+        # What was heard of a cut-off turn also depends on how fast the clear travels.
+        assert abs(a.heard_ms - b.heard_ms) <= HEARD_TOLERANCE_MS, pair
 
 
 async def test_a_recorded_call_replays_to_the_same_outcome(tmp_path: Path) -> None:

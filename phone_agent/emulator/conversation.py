@@ -14,8 +14,8 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 import orjson
@@ -131,6 +131,8 @@ class _Run:
     """When each call it waits on was answered, on the connection's clock."""
     recorded_usage: bool = False
     """A recorded `usageMetadata` was sent: the turn's end reports no computed usage."""
+    tool_output: Mapping[str, Any] = field(default_factory=dict)
+    """The last tool response's `output` (or the whole response), for `Say(from_tool_output)`."""
 
 
 class Conversation:
@@ -370,6 +372,8 @@ class Conversation:
             if call_id in self._cancelled_ids:
                 continue
             if run is not None and call_id is not None and call_id in unanswered:
+                output = response.response.get("output", response.response)
+                run.tool_output = output if isinstance(output, Mapping) else {"output": output}
                 del unanswered[call_id]
                 run.answered[call_id] = self._clock.event_time(self.record.audio_in_ms)
                 matched = True
@@ -478,6 +482,8 @@ class Conversation:
 
     async def _say(self, step: Say, run: _Run, position: float) -> float:
         setup = self._require_setup()
+        if step.from_tool_output:
+            step = replace(step, text=_fill(step.text, run.tool_output), from_tool_output=False)
         chunks = audio.chunks(step.render(), self._options.chunk_ms)
         pieces = audio.split_text(step.text, max(1, len(chunks)))
         for i, piece in enumerate(pieces):
@@ -659,3 +665,16 @@ class Conversation:
     def _require_setup(self) -> SetupInfo:
         assert self._setup is not None, "setup is handled before anything else"
         return self._setup
+
+
+class _Unknown(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "unknown"
+
+
+def _fill(template: str, output: Mapping[str, Any]) -> str:
+    """`template` formatted with a tool's output; missing or malformed fields read "unknown"."""
+    try:
+        return template.format_map(_Unknown(output))
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError):
+        return template

@@ -11,7 +11,7 @@ Dict form (every key optional unless noted)::
     {"replies": [
         {"trigger": "speech_end",                # or "text", "tool_response", "any"
          "input_transcript": "where is my order",
-         "tool_calls": [{"name": "lookup_order", "args": {"order_id": "1042"}}],
+         "tool_calls": [{"name": "lookup_order", "args": {"order_number": "1042"}}],
          "wait_for_tools": true,                 # flat form: tools first, then the speech
          "text": "It shipped yesterday.",
          "audio": {"tone": {"frequency_hz": 440, "duration_ms": 800, "amplitude": 0.3}},
@@ -111,10 +111,15 @@ class Say:
 
     Without `audio`, a 440 Hz tone as long as the text would take to say (60 ms a character, at
     least 300 ms) stands in for speech; with neither, nothing is sent.
+
+    With `from_tool_output`, `text` is a `str.format` template filled from the `output` of the
+    reply's last tool response (e.g. "Order {order_number} is {status}."), as a model reading a
+    tool result aloud would; a missing field renders as "unknown".
     """
 
     text: str = ""
     audio: AudioSpec | None = None
+    from_tool_output: bool = False
 
     def render(self) -> bytes:
         """The PCM this step sends."""
@@ -542,8 +547,9 @@ def _parse_step(obj: _Obj) -> Step:
             say = obj.child("say")
             text = say.str_("text", "") or ""
             audio = _parse_audio(say.child("audio")) if say.has("audio") else None
+            from_tool_output = say.bool_("from_tool_output", False)
             say.done()
-            step = Say(text, audio)
+            step = Say(text, audio, from_tool_output)
     elif obj.has("call_tools"):
         tools = obj.child("call_tools")
         calls = tuple(_parse_call(c) for c in tools.items("calls"))
