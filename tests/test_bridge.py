@@ -39,6 +39,8 @@ class FakeModel:
     opened: int = 0
     closed: int = 0
     tool_responses: list[types.FunctionResponse] = field(default_factory=list)
+    # Released once per tool response, for tests in another thread than the app.
+    responded: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[gemini.ModelSession]:
@@ -65,6 +67,8 @@ class _FakeSession:
 
     async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None:
         self.model.tool_responses.extend(responses)
+        for _ in responses:
+            self.model.responded.release()
 
     async def events(self) -> AsyncIterator[gemini.ModelEvent]:
         for after_bytes, event in self.model.script:
@@ -264,6 +268,17 @@ def test_tool_calls_are_answered_and_cancelled_ones_are_not() -> None:
         """
         return {"text": text, "caller": ctx.caller_number or ""}
 
+    @registry.tool(timeout_s=0.05)
+    async def stuck(ctx: CallContext) -> str:
+        """Times out."""
+        await anyio.sleep_forever()
+        return "unreachable"
+
+    @registry.tool()
+    async def broken(ctx: CallContext) -> str:
+        """Fails unexpectedly."""
+        raise RuntimeError("database password is hunter2")
+
     @registry.tool(timeout_s=30)
     async def slow(ctx: CallContext) -> str:
         """Never finishes on its own."""
@@ -279,22 +294,42 @@ def test_tool_calls_are_answered_and_cancelled_ones_are_not() -> None:
             (640, gemini.ToolCallRequest((gemini.FunctionCall("fc-2", "slow", {}),))),
             (1280, gemini.ToolCallCancelled(("fc-2",))),
             (1280, gemini.ToolCallRequest((gemini.FunctionCall("fc-3", "nope", {}),))),
+            (1280, gemini.ToolCallRequest((gemini.FunctionCall("fc-4", "echo", {"txt": 1}),))),
+            (1280, gemini.ToolCallRequest((gemini.FunctionCall("fc-5", "stuck", {}),))),
+            (1280, gemini.ToolCallRequest((gemini.FunctionCall("fc-6", "broken", {}),))),
+            # The call goes on: the model still speaks and the caller still hears it.
+            (1920, gemini.ModelAudio(tone24k(40))),
         ]
     )
-    client = make_client(model, registry, tools=["echo", "slow"])
+    client = make_client(model, registry, tools=["echo", "slow", "stuck", "broken"])
     with client, client.websocket_connect("/twilio/media") as ws:
         ws.send_text(start_msg(caller="+15550001111"))
         ws.send_text(media_msg(2))
         ws.send_text(media_msg(3))
         assert slow_cancelled.wait(5)
-        ws.send_text(stop_msg(4))
+        ws.send_text(media_msg(4))
+        assert json.loads(ws.receive_text())["event"] == "media"
+        for _ in range(5):
+            assert model.responded.acquire(timeout=5)
+        ws.send_text(stop_msg(5))
     by_id = {r.id: r for r in model.tool_responses}
-    assert sorted(by_id) == ["fc-1", "fc-3"]  # the cancelled call gets no response
+    assert sorted(by_id) == ["fc-1", "fc-3", "fc-4", "fc-5", "fc-6"]  # not fc-2: cancelled
     assert by_id["fc-1"].response == {"output": {"text": "hi", "caller": "+15550001111"}}
-    assert by_id["fc-3"].response is not None and "error" in by_id["fc-3"].response
+    for call_id in ("fc-3", "fc-4", "fc-5", "fc-6"):
+        response = by_id[call_id].response
+        assert response is not None and set(response) == {"error"}
+    assert "hunter2" not in str(by_id["fc-6"].response)  # internals never reach the model
     summary = client.app.state.phone_agent.summaries[-1]  # type: ignore[attr-defined]
-    assert summary.tools_called == ["echo", "slow", "nope"]
-    assert [r.status for r in summary.tool_results] == ["ok", "unknown_tool"]
+    assert summary.tools_called == ["echo", "slow", "nope", "echo", "stuck", "broken"]
+    statuses = {r.id: r.status for r in summary.tool_results}
+    assert statuses == {
+        "fc-1": "ok",
+        "fc-3": "unknown_tool",
+        "fc-4": "invalid_arguments",
+        "fc-5": "timeout",
+        "fc-6": "error",
+    }
+    assert summary.end_reason.value == "caller_stop"
 
 
 def test_unknown_enabled_tool_is_a_configuration_error() -> None:

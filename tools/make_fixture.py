@@ -44,12 +44,12 @@ import numpy.typing as npt
 import soxr
 
 from phone_agent import emulator as emu
-from phone_agent.app import create_app
+from phone_agent.app import GeminiTarget, create_app
 from phone_agent.bridge import CallSummary
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.fixture import CallFixture, ModelTurn
-from phone_agent.gemini import OUTPUT_RATE, GeminiConnector
+from phone_agent.gemini import OUTPUT_RATE
 from phone_agent.simulator import (
     CallerStep,
     CallRecord,
@@ -104,6 +104,8 @@ class Agent:
 
     text: str
     key: tuple[str, ...] = ()
+    # A function the model calls (name, arguments) before it speaks; it waits for the answer.
+    tool: tuple[str, Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Check:
     dtmf: str = ""
     end_reason: str = "caller_stop"
     go_away: bool = False
+    tools_called: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class Scenario:
     check: Check
     emulator_speed: float = 2.0
     go_away: emu.GoAway | None = None
+    tools: tuple[str, ...] = ()
+    """Tools the server enables (the order tools run on a fresh demo database)."""
 
     def caller_lines(self) -> list[str]:
         return [s.text for s in self.steps if isinstance(s, Caller)]
@@ -181,6 +186,33 @@ class Scenario:
 # -- the library ----------------------------------------------------------------------------------
 
 SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="order-lookup",
+        description="The caller, on a number that does not own the order, asks about order 1042 "
+        "and gives the delivery postcode; the model calls lookup_order (order number and postcode "
+        "as spoken), the server answers from the order database, and the model reads the answer "
+        "out. One turn with one tool call.",
+        steps=(
+            Silence(300),
+            Caller(
+                "Where is my order one oh four two? My postcode is S W 1 A, 1 A A.",
+                Agent(
+                    "Order ten forty-two has shipped with U P S and should arrive on Friday the "
+                    "twenty-eighth of November.",
+                    ("shipped", "Friday"),
+                    tool=(
+                        "lookup_order",
+                        {"order_number": "one oh four two", "postcode": "sw1a 1aa"},
+                    ),
+                ),
+            ),
+            Listen(),
+            Silence(200),
+            HangUp(),
+        ),
+        check=Check(turns=1, interrupted=(False,), tools_called=("lookup_order",)),
+        tools=("lookup_order", "list_recent_orders"),
+    ),
     Scenario(
         name="order-status",
         description="The caller asks where order 1042 is; the agent says it shipped and will "
@@ -434,11 +466,13 @@ NEVER = emu.Reply.of(trigger=emu.Trigger.TOOL_RESPONSE)
 
 
 def emulator_script(scenario: Scenario, voices: Voices) -> emu.EmulatorScript:
-    replies = [
-        emu.Reply.of(s.then.text, emu.Pcm(voices.agent(s.then.text)), input_transcript=s.text)
-        for s in scenario.steps
-        if isinstance(s, Caller) and s.then is not None
-    ]
+    replies = []
+    for s in scenario.steps:
+        if not isinstance(s, Caller) or s.then is None:
+            continue
+        calls = [emu.FunctionCall(s.then.tool[0], dict(s.then.tool[1]))] if s.then.tool else []
+        audio = emu.Pcm(voices.agent(s.then.text))
+        replies.append(emu.Reply.of(s.then.text, audio, tool_calls=calls, input_transcript=s.text))
     return emu.EmulatorScript(replies=replies, default_reply=NEVER, go_away=scenario.go_away)
 
 
@@ -486,14 +520,20 @@ async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRec
     sid = call_sid(call.scenario.name)
     async with emu.GeminiEmulator(call.script, speed=call.scenario.emulator_speed) as emulator:
         # No .env: a developer's local settings (e.g. the mark interval) must not leak in.
-        settings = Settings(_env_file=None, record="all", record_dir=record_dir)  # type: ignore[call-arg]
-        connector = GeminiConnector(
-            settings,
-            api_key="fixture-generator",
-            base_url=emulator.base_url,
-            ssl_context=emulator.client_ssl_context(),
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            record="all",
+            record_dir=record_dir,
+            tools=list(call.scenario.tools),
+            database_url=f"sqlite+aiosqlite:///{record_dir / 'orders.db'}",
         )
-        app = create_app(settings, connect_model=connector.connect, keep_summaries=5)
+        app = create_app(
+            settings,
+            gemini=GeminiTarget(
+                emulator.base_url, "fixture-generator", emulator.client_ssl_context()
+            ),
+            keep_summaries=5,
+        )
         async with embedded_server(app) as base_url:
             url = base_url.replace("http://", "ws://") + "/twilio/media"
             simulator = TwilioCallerSimulator(
@@ -593,6 +633,8 @@ def check_recording(scenario: Scenario, rec: Recording) -> list[str]:
         problems.append(f"{expect.clears} clears, expected {want.clears}")
     if expect.dtmf != want.dtmf:
         problems.append(f"dtmf {expect.dtmf!r}, expected {want.dtmf!r}")
+    if tuple(expect.tools_called or ()) != want.tools_called:
+        problems.append(f"tools called {expect.tools_called}, expected {want.tools_called}")
     if expect.end_reason != want.end_reason:
         problems.append(f"ended by {expect.end_reason}, expected {want.end_reason}")
     interrupted = tuple(h.interrupted for h in expect.heard or ())
