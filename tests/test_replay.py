@@ -15,8 +15,8 @@ from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import EmulatorScript, GeminiEmulator, Reply, Tone
 from phone_agent.fixture import CallFixture, Expectations
-from phone_agent.recorder import HEARD_TOLERANCE_MS
 from phone_agent.gemini import GeminiConnector
+from phone_agent.recorder import HEARD_TOLERANCE_MS
 from phone_agent.simulator import (
     HangUp,
     Say,
