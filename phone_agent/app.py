@@ -18,18 +18,22 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from phone_agent import db, webhook
-from phone_agent.bridge import CallBridge, CallSummary, ModelConnect, ToolSet
+from phone_agent.bridge import CallBridge, CallOptions, CallSummary, EndReason, ToolSet
+from phone_agent.call_control import CallControl, TwilioCallControl
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
 from phone_agent.gemini import GeminiConnector
+from phone_agent.model_link import ModelConnect
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
 from phone_agent.recorder import RecordingPolicy
+from phone_agent.tools.call_tools import register_call_tools
 from phone_agent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
 TWIML = "application/xml"
+STREAM_ENDED_PATH = "/twilio/stream-ended"
 
 
 @dataclass
@@ -43,6 +47,8 @@ class AppState:
     summaries: list[CallSummary] = field(default_factory=list)
     keep_summaries: int = 0
     tooling: Tooling | None = None
+    call_control: CallControl | None = None
+    outcomes: dict[str, EndReason] = field(default_factory=dict)
     _ended: anyio.Event | None = None
 
     def call_ended(self, summary: CallSummary) -> None:
@@ -94,6 +100,7 @@ def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> T
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     register_order_tools(registry, OrderStore(db.sessionmaker(engine)))
+    register_call_tools(registry, transfer_number=settings.transfer_number)
     enabled = frozenset(settings.tools)
     try:
         declarations = registry.declarations(enabled, settings.model)
@@ -161,6 +168,15 @@ def create_app(
         keep_summaries=keep_summaries,
         tooling=tooling,
     )
+    options = CallOptions(
+        start_timeout_s=settings.start_timeout_s,
+        max_message_bytes=settings.max_message_bytes,
+        mark_interval_ms=settings.mark_interval_ms,
+        greeting=settings.greeting,
+        silence_reprompt_s=settings.silence_reprompt_s,
+        silence_hang_up_s=settings.silence_hang_up_s,
+        max_call_s=settings.max_call_s,
+    )
     recording = (
         RecordingPolicy(
             settings.record_dir, everyone=settings.record == "all", model=settings.model
@@ -173,6 +189,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(tooling.engine.dispose)
+            if settings.twilio_account_sid and settings.twilio_auth_token:
+                control = TwilioCallControl(
+                    settings.twilio_account_sid,
+                    settings.twilio_auth_token.get_secret_value(),
+                    api_base_url=settings.twilio_api_base_url,
+                )
+                stack.push_async_callback(control.aclose)
+                state.call_control = control
             if tooling.uses_database:
                 await db.prepare(tooling.engine)
                 log.info(
@@ -191,25 +215,44 @@ def create_app(
                 await _start_model(state, stack)
             yield
 
-    async def voice(request: Request) -> Response:
+    async def signed_form(request: Request) -> dict[str, str] | None:
+        """The webhook's form if Twilio signed it (against the configured public URL), else None."""
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         token = settings.twilio_auth_token
         if token is None or settings.public_url is None:
             webhook.log_webhook(form, "refused: TWILIO_AUTH_TOKEN or PHONE_AGENT_PUBLIC_URL unset")
-            return PlainTextResponse("Forbidden", status_code=403)
+            return None
         url = webhook.signed_url(settings.public_url, request.url.path, request.url.query)
         signature = request.headers.get(webhook.SIGNATURE_HEADER)
         if not webhook.signature_is_valid(token.get_secret_value(), url, form, signature):
             webhook.log_webhook(form, "refused: bad signature")
+            return None
+        return form
+
+    async def voice(request: Request) -> Response:
+        form = await signed_form(request)
+        if form is None:
             return PlainTextResponse("Forbidden", status_code=403)
         stream_url = settings.media_stream_url()
-        assert stream_url is not None
+        assert stream_url is not None and settings.public_url is not None
         webhook.log_webhook(form, "connected")
         parameters = webhook.call_parameters(form)
         if request.query_params.get("consent") == "yes":
             parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
-        twiml = webhook.connect_twiml(stream_url, parameters)
+        action = settings.public_url + STREAM_ENDED_PATH
+        twiml = webhook.connect_twiml(stream_url, parameters, action=action)
         return Response(twiml, media_type=TWIML)
+
+    async def stream_ended(request: Request) -> Response:
+        """Twilio asks what to do once the media stream has closed (`<Connect action>`)."""
+        form = await signed_form(request)
+        if form is None:
+            return PlainTextResponse("Forbidden", status_code=403)
+        reason = state.outcomes.get(form.get("CallSid", ""))
+        if reason is EndReason.MODEL_UNAVAILABLE:
+            webhook.log_webhook(form, "apologised: model unavailable")
+            return Response(webhook.apology_twiml(settings.transfer_number), media_type=TWIML)
+        return Response(webhook.hang_up_twiml(), media_type=TWIML)
 
     async def media(websocket: WebSocket) -> None:
         connect = state.connect_model
@@ -219,11 +262,10 @@ def create_app(
         bridge = CallBridge(
             websocket,
             connect,
+            options=options,
             recording=recording,
             tools=tooling.tools,
-            start_timeout_s=settings.start_timeout_s,
-            max_message_bytes=settings.max_message_bytes,
-            mark_interval_ms=settings.mark_interval_ms,
+            call_control=state.call_control,
         )
         state.active_calls += 1
         state.calls_total += 1
@@ -232,6 +274,10 @@ def create_app(
             summary = await bridge.run()
         finally:
             state.call_ended(summary)
+            if summary.call_sid and summary.end_reason is not None:
+                state.outcomes[summary.call_sid] = summary.end_reason
+                while len(state.outcomes) > 1000:
+                    state.outcomes.pop(next(iter(state.outcomes)))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -248,6 +294,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice, methods=["POST"]),
+            Route(STREAM_ENDED_PATH, stream_ended, methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -16,7 +16,6 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +26,29 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phone_agent import gemini
 from phone_agent.audio import DownlinkConverter, UplinkConverter
+from phone_agent.call_control import CallControl, CallControlError
 from phone_agent.capabilities import CONSERVATIVE, ModelCapabilities
+from phone_agent.conversation import (
+    DtmfBuffer,
+    SilenceAction,
+    SilenceWatch,
+    TurnTranscript,
+    dtmf_message,
+    interrupted_note,
+    resumed_note,
+)
 from phone_agent.logs import mask_number
+from phone_agent.model_link import (
+    HandedOver,
+    LinkEvent,
+    ModelConnect,
+    ModelLink,
+    ModelUnavailable,
+    Resumed,
+)
 from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
 from phone_agent.recorder import CallRecorder, RecordingPolicy
+from phone_agent.tools.call_tools import END_CALL_KEY
 from phone_agent.tools.registry import CallContext, ToolRegistry, ToolResult
 from phone_agent.twilio_protocol import (
     MULAW_BYTES_PER_MS,
@@ -47,11 +65,13 @@ from phone_agent.twilio_protocol import (
 
 log = logging.getLogger(__name__)
 
-ModelConnect = Callable[[], AbstractAsyncContextManager[gemini.ModelSession]]
-
 
 class EndReason(enum.Enum):
     CALLER_STOP = "caller_stop"
+    AGENT_HANG_UP = "agent_hang_up"
+    TRANSFERRED = "transferred"
+    SILENCE = "silence"
+    MAX_DURATION = "max_duration"
     CALLER_DISCONNECT = "caller_disconnect"
     START_TIMEOUT = "start_timeout"
     PROTOCOL_ERROR = "protocol_error"
@@ -67,8 +87,31 @@ _CLOSE_CODES = {
 }
 
 
+SILENCE_REPROMPT = "[The caller has been silent for a while. Check that they are still there.]"
+SILENCE_GOODBYE = "[The line has been silent too long. Say a short, polite goodbye; the call ends.]"
+MAX_DURATION_GOODBYE = (
+    "[The call has reached its time limit. Apologise, say a short goodbye; the call ends.]"
+)
+
+
 class _CallerGone(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call behaviour, from `Settings` (see the README's configuration table)."""
+
+    start_timeout_s: float = 5.0
+    max_message_bytes: int = 64 * 1024
+    mark_interval_ms: float = 100.0
+    greeting: str = ""
+    silence_reprompt_s: float = 0.0
+    silence_hang_up_s: float = 0.0
+    max_call_s: float = 0.0
+    dtmf_pause_s: float = 1.5
+    goodbye_timeout_s: float = 15.0
+    retry_delays_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +138,9 @@ class CallSummary:
     dtmf: list[str] = field(default_factory=list)
     tools_called: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
+    honest_notes: list[str] = field(default_factory=list)
+    reconnects: int = 0
+    handovers: int = 0
     recording: str | None = None
     clears: int = 0
     dropped_audio_chunks: int = 0
@@ -139,19 +185,20 @@ class CallBridge:
         websocket: WebSocket,
         connect_model: ModelConnect,
         *,
-        start_timeout_s: float = 5.0,
-        max_message_bytes: int = 64 * 1024,
-        mark_interval_ms: float = 100.0,
+        options: CallOptions | None = None,
         recording: RecordingPolicy | None = None,
         tools: ToolSet | None = None,
+        call_control: CallControl | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
         self.connect_model = connect_model
-        self.start_timeout_s = start_timeout_s
+        self.options = options = options or CallOptions()
+        self.start_timeout_s = options.start_timeout_s
         self.clock = clock
-        self.stream = TwilioStream(max_message_bytes=max_message_bytes)
-        self.tracker = PlaybackTracker(mark_interval_ms=mark_interval_ms)
+        self.call_control = call_control
+        self.stream = TwilioStream(max_message_bytes=options.max_message_bytes)
+        self.tracker = PlaybackTracker(mark_interval_ms=options.mark_interval_ms)
         self.uplink = UplinkConverter()
         self.downlink = DownlinkConverter()
         self.summary = CallSummary(tracker=self.tracker)
@@ -161,6 +208,16 @@ class CallBridge:
         self.context = CallContext(call_sid="")
         self._tool_scopes: dict[str, anyio.CancelScope] = {}
         self._group: anyio.abc.TaskGroup | None = None
+        self.link: ModelLink | None = None
+        self._turn_text = TurnTranscript()
+        self._dtmf = DtmfBuffer(pause_s=options.dtmf_pause_s)
+        self._silence = SilenceWatch(
+            reprompt_s=options.silence_reprompt_s,
+            hang_up_s=options.silence_hang_up_s,
+            now=clock(),
+        )
+        self._playback_changed = anyio.Event()
+        self._ending = False
 
     async def run(self) -> CallSummary:
         summary = self.summary
@@ -186,13 +243,26 @@ class CallBridge:
                     "from": mask_number(start.custom_parameters.get("from")),
                 },
             )
-            async with self.connect_model() as session, anyio.create_task_group() as group:
+            async with anyio.create_task_group() as group:
                 self._group = group
+                tap = None
                 if self.recorder is not None:
                     recorder = self.recorder
-                    session.on_message = lambda m: recorder.model_message(m, self.clock())
-                group.start_soon(self._guard, self._uplink_pump(session), group.cancel_scope)
-                group.start_soon(self._guard, self._downlink_pump(session), group.cancel_scope)
+                    tap = lambda m: recorder.model_message(m, self.clock())  # noqa: E731
+                link = ModelLink(
+                    self.connect_model,
+                    group,
+                    clock=self.clock,
+                    retry_delays_s=self.options.retry_delays_s,
+                    on_message=tap,
+                )
+                self.link = link
+                await link.open()
+                if self.options.greeting:
+                    await self._send_text(self.options.greeting)
+                group.start_soon(self._guard, self._uplink_pump(link), group.cancel_scope)
+                group.start_soon(self._guard, self._downlink_pump(link), group.cancel_scope)
+                group.start_soon(self._guard_timer, self._timers(link))
         except TwilioProtocolError as exc:
             self._end(EndReason.PROTOCOL_ERROR, str(exc))
         except TimeoutError:
@@ -207,6 +277,8 @@ class CallBridge:
             )
             self._end(EndReason.INTERNAL_ERROR, type(exc).__name__)
         finally:
+            if self.link is not None:
+                self.link.close()
             summary.ended_at = self.clock()
             await self._close()
             await self._save_recording()
@@ -238,10 +310,17 @@ class CallBridge:
             self._end(EndReason.CALLER_DISCONNECT, "socket closed")
         except gemini.ModelSessionClosed as exc:
             self._end(EndReason.MODEL_CLOSED, str(exc))
+        except ModelUnavailable as exc:
+            self._end(EndReason.MODEL_UNAVAILABLE, str(exc))
         finally:
             scope.cancel()
 
-    async def _uplink_pump(self, session: gemini.ModelSession) -> None:
+    async def _guard_timer(self, timers: Any) -> None:
+        """Run a helper task whose normal end does not end the call."""
+        with contextlib.suppress(_CallerGone, gemini.ModelSessionClosed):
+            await timers
+
+    async def _uplink_pump(self, link: ModelLink) -> None:
         while True:
             event = self.stream.receive(await self._receive())
             if isinstance(event, Media):
@@ -249,10 +328,14 @@ class CallBridge:
                 if event.gap_ms:
                     self.summary.gap_fill_ms += event.gap_ms
                     filler = SILENCE_BYTE * (event.gap_ms * MULAW_BYTES_PER_MS)
-                    await session.send_audio(self.uplink.convert(filler))
-                await session.send_audio(self.uplink.convert(event.payload))
+                    await link.send_audio(self.uplink.convert(filler))
+                await link.send_audio(self.uplink.convert(event.payload))
+                if link.caller_speaking:
+                    self._silence.activity(self.clock())
+                link.check_handover()
             elif isinstance(event, MarkEcho):
                 outcome = self.tracker.on_mark(event.name, self.clock())
+                self._playback_moved()
                 if outcome is not None and outcome.first_audio_heard:
                     turn = outcome.turn
                     assert turn.first_heard_at is not None
@@ -269,14 +352,18 @@ class CallBridge:
                     )
             elif isinstance(event, Dtmf):
                 self.summary.dtmf.append(event.digit)
+                self._silence.activity(self.clock())
+                digits = self._dtmf.press(event.digit, self.clock())
+                if digits:
+                    await self._send_text(dtmf_message(digits))
             elif isinstance(event, Stop):
                 # A `stop` also comes when the call is redirected (a transfer): end the stream,
                 # never the phone call itself.
                 self._end(EndReason.CALLER_STOP, "stop")
                 return
 
-    async def _downlink_pump(self, session: gemini.ModelSession) -> None:
-        events: AsyncIterator[gemini.ModelEvent] = session.events()
+    async def _downlink_pump(self, link: ModelLink) -> None:
+        events: AsyncIterator[LinkEvent] = link.events()
         async for event in events:
             if isinstance(event, gemini.ModelAudio):
                 if not self.tracker.accepts_audio():
@@ -285,16 +372,29 @@ class CallBridge:
                 await self._play(self.downlink.convert(event.pcm24k))
             elif isinstance(event, gemini.Interrupted):
                 self.downlink.reset()
+                cut = self.tracker.current
                 await self._execute(self.tracker.on_interrupted(self.clock()))
+                if cut is not None:
+                    # Gemini keeps the whole answer in its history; tell it what was heard.
+                    heard = self._turn_text.heard(cut.heard_ms)
+                    await link.send_context(interrupted_note(heard))
+                    self.summary.honest_notes.append(heard)
+                self._turn_text = TurnTranscript()
             elif isinstance(event, gemini.TurnComplete):
-                if self.tracker.accepts_audio():
-                    await self._play(self.downlink.flush())
-                await self._execute(self.tracker.on_turn_complete(self.clock()))
+                await self._end_turn()
+            elif isinstance(event, Resumed):
+                self.summary.reconnects += 1
+                if event.mid_turn:
+                    heard = self._turn_text.heard(self._heard_of_current())
+                    await self._end_turn()
+                    await self._send_text(resumed_note(heard))
+            elif isinstance(event, HandedOver):
+                self.summary.handovers += 1
             elif isinstance(event, gemini.ToolCallRequest):
                 assert self._group is not None
                 for call in event.calls:
                     self.summary.tools_called.append(call.name)
-                    self._group.start_soon(self._tool_task, session, call)
+                    self._group.start_soon(self._tool_task, link, call)
             elif isinstance(event, gemini.ToolCallCancelled):
                 for call_id in event.ids:
                     scope = self._tool_scopes.pop(call_id, None)
@@ -302,13 +402,96 @@ class CallBridge:
                         scope.cancel()
             elif isinstance(event, gemini.OutputTranscript):
                 self.summary.agent_transcript.append(event.text)
+                current = self.tracker.current
+                self._turn_text.add(current.sent_ms if current else 0.0, event.text)
             elif isinstance(event, gemini.InputTranscript):
                 self.summary.caller_transcript.append(event.text)
             elif isinstance(event, gemini.Usage):
                 self.summary.usage.append(event)
         self._end(EndReason.MODEL_CLOSED, "event stream ended")
 
-    async def _tool_task(self, session: gemini.ModelSession, call: gemini.FunctionCall) -> None:
+    async def _end_turn(self) -> None:
+        if self.tracker.accepts_audio():
+            await self._play(self.downlink.flush())
+        else:
+            self.downlink.reset()
+        await self._execute(self.tracker.on_turn_complete(self.clock()))
+        self._turn_text = TurnTranscript()
+        self._playback_moved()
+
+    def _heard_of_current(self) -> float:
+        current = self.tracker.current
+        return current.heard_ms if current is not None else 0.0
+
+    def _playback_moved(self) -> None:
+        self._playback_changed.set()
+        self._playback_changed = anyio.Event()
+
+    async def _send_text(self, text: str) -> None:
+        """Text the model answers (greeting, keypad digits, notes): a trigger for a new turn."""
+        if self.link is None:
+            return
+        if self.recorder is not None:
+            self.recorder.sent_to_model("text", self.clock())
+        await self.link.send_text(text)
+
+    # -- timers and ending the call ---------------------------------------------------------
+
+    async def _timers(self, link: ModelLink) -> None:
+        """Keypad digits, silence, and the maximum call length, checked four times a second."""
+        started = self.clock()
+        while not self._ending:
+            await anyio.sleep(0.25)
+            now = self.clock()
+            digits = self._dtmf.due(now)
+            if digits:
+                await self._send_text(dtmf_message(digits))
+            busy = self.tracker.current is not None or self.tracker.unheard_ms() > 0
+            action = self._silence.check(now, agent_busy=busy or link.caller_speaking)
+            if action is SilenceAction.REPROMPT:
+                await self._send_text(SILENCE_REPROMPT)
+            elif action is SilenceAction.HANG_UP:
+                self._start_ending(EndReason.SILENCE, SILENCE_GOODBYE)
+            if self.options.max_call_s and now - started >= self.options.max_call_s:
+                self._start_ending(EndReason.MAX_DURATION, MAX_DURATION_GOODBYE)
+
+    def _start_ending(
+        self, reason: EndReason, goodbye: str | None, transfer_to: str | None = None
+    ) -> None:
+        if self._ending or self._group is None:
+            return
+        self._ending = True
+        self._group.start_soon(self._finish_call, reason, goodbye, transfer_to)
+
+    async def _finish_call(
+        self, reason: EndReason, goodbye: str | None, transfer_to: str | None
+    ) -> None:
+        """Let the goodbye be heard in full (final mark echoed), then hang up or transfer."""
+        mark = len(self.tracker.turns)
+        if goodbye:
+            await self._send_text(goodbye)
+        with anyio.move_on_after(self.options.goodbye_timeout_s):
+            while not self._goodbye_heard(mark):
+                await self._playback_changed.wait()
+        self._end(reason, "goodbye heard" if self._goodbye_heard(mark) else "goodbye timed out")
+        call_sid = self.summary.call_sid
+        if self.call_control is not None:
+            try:
+                if transfer_to:
+                    await self.call_control.transfer(call_sid, transfer_to)
+                else:
+                    await self.call_control.hang_up(call_sid)
+            except CallControlError as exc:
+                log.error("call control failed: %s", exc, extra={"event": "call_control.error"})
+        # Without REST access, closing the stream lets Twilio run the TwiML after <Connect>.
+        assert self._group is not None
+        self._group.cancel_scope.cancel()
+
+    def _goodbye_heard(self, turns_before: int) -> bool:
+        later = self.tracker.turns[turns_before:]
+        return bool(later) and all(t.ended and t.unheard_ms < 1.0 for t in later)
+
+    async def _tool_task(self, link: ModelLink, call: gemini.FunctionCall) -> None:
         """Run one tool call as a child of the call's task group; answer the model when done.
 
         A `toolCallCancellation` cancels its scope: the tool is cancelled and no response is sent.
@@ -323,13 +506,26 @@ class CallBridge:
                 if self.recorder is not None:
                     self.recorder.sent_to_model("tool_response", self.clock())
                 response = result.function_response(self.tools.capabilities)
-                await session.send_tool_responses([response])
+                await link.send_tool_responses([response])
+                self._after_tool(result)
             except gemini.ModelSessionClosed as exc:
                 self._end(EndReason.MODEL_CLOSED, str(exc))
                 assert self._group is not None
                 self._group.cancel_scope.cancel()
             finally:
                 self._tool_scopes.pop(call.id, None)
+
+    def _after_tool(self, result: ToolResult) -> None:
+        """Call-control tools ask for the call to end once the model's goodbye has been heard."""
+        if result.status != "ok":
+            return
+        request = self.context.state.pop(END_CALL_KEY, None)
+        if request is None:
+            return
+        if request.get("transfer_to"):
+            self._start_ending(EndReason.TRANSFERRED, None, str(request["transfer_to"]))
+        else:
+            self._start_ending(EndReason.AGENT_HANG_UP, None)
 
     async def _play(self, mulaw: bytes) -> None:
         if not mulaw:

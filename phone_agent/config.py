@@ -6,6 +6,7 @@ that names the variable (see `describe_validation_error`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -78,6 +79,29 @@ class Settings(BaseSettings):
         description="The https base URL Twilio calls, e.g. https://agent.example.com. "
         "Signatures are checked against it, and the stream URL is derived from it.",
     )
+    greeting: str = Field(
+        default="Greet the caller in one short sentence and ask how you can help.",
+        description="Instruction sent to the model when the call connects, so the agent speaks "
+        "first. Empty: the caller speaks first.",
+    )
+    silence_reprompt_s: float = Field(
+        default=8.0, ge=0, description="Re-prompt after this many seconds of silence (0: never)."
+    )
+    silence_hang_up_s: float = Field(
+        default=30.0, ge=0, description="Say goodbye and end the call after this much silence."
+    )
+    max_call_s: float = Field(
+        default=1800.0, ge=0, description="Longest call; it ends with a spoken goodbye (0: none)."
+    )
+    transfer_number: str | None = Field(
+        default=None,
+        description="Where `transfer_to_human` puts callers through, and where callers go when "
+        "the model cannot be reached (E.164).",
+    )
+    twilio_api_base_url: str | None = Field(
+        default=None,
+        description="Twilio REST API base URL (tests point it at a local stand-in).",
+    )
     start_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Seconds a media socket may take to send `start`."
     )
@@ -128,6 +152,15 @@ class Settings(BaseSettings):
     def _split_tools(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("transfer_number")
+    @classmethod
+    def _check_transfer_number(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+            raise ValueError("must be an E.164 number such as +15551234567")
         return value
 
     @field_validator("gemini_base_url")

@@ -205,6 +205,8 @@ class ModelSession(Protocol):
 
     async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None: ...
 
+    async def send_context(self, text: str) -> None: ...
+
     def events(self) -> AsyncIterator[ModelEvent]: ...
 
     # Called with every server message, verbatim, before it is translated (call recording).
@@ -229,6 +231,12 @@ class GeminiSession:
     async def send_text(self, text: str) -> None:
         await self._session.send_client_content(
             turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
+        )
+
+    async def send_context(self, text: str) -> None:
+        """Add a user-side note to the conversation without asking the model to answer it."""
+        await self._session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=False
         )
 
     async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None:
@@ -313,11 +321,19 @@ class GeminiConnector:
         self._config = connect_config(settings, declarations)
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[GeminiSession]:
+    async def connect(
+        self, *, resumption_handle: str | None = None
+    ) -> AsyncIterator[GeminiSession]:
+        """A session; with `resumption_handle`, one that resumes an earlier session's state."""
+        config = self._config
+        if resumption_handle is not None:
+            config = config.model_copy(
+                update={
+                    "session_resumption": types.SessionResumptionConfig(handle=resumption_handle)
+                }
+            )
         try:
-            async with self._client.aio.live.connect(
-                model=self.model, config=self._config
-            ) as session:
+            async with self._client.aio.live.connect(model=self.model, config=config) as session:
                 yield GeminiSession(session)
         except genai_errors.APIError as exc:
             raise ModelSessionClosed(exc.code, str(exc.message or exc.status or "")) from None

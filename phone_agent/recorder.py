@@ -45,6 +45,13 @@ def _is_turn_complete(message: Mapping[str, Any]) -> bool:
     return content is not None and bool(content.get("turnComplete") or content.get("turn_complete"))
 
 
+def _has_input_transcription(message: Mapping[str, Any]) -> bool:
+    content = _content(message)
+    return content is not None and bool(
+        content.get("inputTranscription") or content.get("input_transcription")
+    )
+
+
 def _starts_turn(message: Mapping[str, Any]) -> bool:
     """Content or tool calls begin a model turn; bare flags and usage do not."""
     if message.get("toolCall") or message.get("tool_call"):
@@ -106,10 +113,14 @@ class CallRecorder:
                 return
             start = current[0][0]
             trigger = "speech_end"
-            for t_ms, kind in self._triggers:
-                if boundary <= t_ms <= start:
-                    trigger, start = kind, t_ms
-                    break
+            # A turn that transcribes the caller answered their speech; otherwise it answered the
+            # last text or tool response the bridge sent since the previous turn.
+            if not any(_has_input_transcription(m) for _, m in current):
+                for t_ms, kind in self._triggers:
+                    if boundary <= t_ms <= start:
+                        trigger, trigger_at = kind, t_ms
+                if trigger != "speech_end":
+                    start = trigger_at
             messages = tuple(TimedMessage(round(t - start, 3), m) for t, m in current)
             turns.append(ModelTurn(trigger, messages))
 

@@ -28,14 +28,36 @@ def signature_is_valid(
     return bool(RequestValidator(auth_token).validate(url, params, signature))
 
 
-def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+def connect_twiml(stream_url: str, parameters: dict[str, str], *, action: str | None = None) -> str:
     """`<Connect><Stream>`, bidirectional; per-call data goes in `<Parameter>`s, not the URL."""
     response = VoiceResponse()
-    connect = Connect()
+    # With an action, Twilio asks us what to do once the stream ends (apology, hang-up).
+    connect = Connect(action=action) if action else Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
+    return str(response)
+
+
+APOLOGY = "Sorry, our assistant is not available right now."
+
+
+def apology_twiml(transfer_number: str | None) -> str:
+    """No model: apologise, then put the caller through or ask them to call back later."""
+    response = VoiceResponse()
+    if transfer_number:
+        response.say(APOLOGY + " Let me put you through to a colleague.")
+        response.dial(transfer_number)
+    else:
+        response.say(APOLOGY + " Please call back in a few minutes. Goodbye.")
+        response.hangup()
+    return str(response)
+
+
+def hang_up_twiml() -> str:
+    response = VoiceResponse()
+    response.hangup()
     return str(response)
 
 

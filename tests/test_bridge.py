@@ -39,11 +39,15 @@ class FakeModel:
     opened: int = 0
     closed: int = 0
     tool_responses: list[types.FunctionResponse] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    context: list[str] = field(default_factory=list)
     # Released once per tool response, for tests in another thread than the app.
     responded: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[gemini.ModelSession]:
+    async def connect(
+        self, *, resumption_handle: str | None = None
+    ) -> AsyncIterator[gemini.ModelSession]:
         self.opened += 1
         try:
             yield _FakeSession(self)
@@ -63,7 +67,10 @@ class _FakeSession:
         self.arrived = anyio.Event()
 
     async def send_text(self, text: str) -> None:
-        pass
+        self.model.texts.append(text)
+
+    async def send_context(self, text: str) -> None:
+        self.model.context.append(text)
 
     async def send_tool_responses(self, responses: list[types.FunctionResponse]) -> None:
         self.model.tool_responses.extend(responses)

@@ -68,8 +68,14 @@ async def test_replay_is_deterministic() -> None:
 async def test_a_recorded_call_replays_to_the_same_outcome(tmp_path: Path) -> None:
     script = EmulatorScript(
         replies=[
-            Reply.of("A long answer about your order.", Tone(1000.0, 4000, 0.3)),
-            Reply.of("Sure.", Tone(600.0, 600, 0.3)),
+            # Gemini transcribes what the caller said; the recorder relies on it to tell a turn
+            # that answers speech from one that answers the greeting text.
+            Reply.of(
+                "A long answer about your order.",
+                Tone(1000.0, 4000, 0.3),
+                input_transcript="tell me about my order",
+            ),
+            Reply.of("Sure.", Tone(600.0, 600, 0.3), input_transcript="stop"),
         ]
     )
     async with GeminiEmulator(script, speed=1.0) as emulator:
