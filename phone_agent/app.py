@@ -23,6 +23,7 @@ from phone_agent.call_control import CallControl, TwilioCallControl
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
 from phone_agent.gemini import GeminiConnector
+from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.model_link import ModelConnect
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
@@ -79,6 +80,7 @@ class GeminiTarget:
 
 
 ORDER_TOOLS = frozenset({"lookup_order", "list_recent_orders"})
+MEMORY_TOOL = "remember_for_next_call"
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Tooling:
     declarations: list[types.FunctionDeclaration]
     engine: AsyncEngine
     uses_database: bool
+    memory: CallerMemory | None = None
 
 
 def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> Tooling:
@@ -101,13 +104,18 @@ def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> T
         raise ConfigError(str(exc)) from None
     register_order_tools(registry, OrderStore(db.sessionmaker(engine)))
     register_call_tools(registry, transfer_number=settings.transfer_number)
-    enabled = frozenset(settings.tools)
+    memory = None
+    if settings.memory:
+        memory = CallerMemory(db.sessionmaker(engine), ttl_days=settings.memory_ttl_days)
+        register_memory_tools(registry, memory)
+    enabled = frozenset(settings.tools) | ({MEMORY_TOOL} if memory else frozenset())
     try:
         declarations = registry.declarations(enabled, settings.model)
     except ValueError as exc:
         raise ConfigError(f"PHONE_AGENT_TOOLS: {exc}; known tools: {registry.names()}") from None
     tools = ToolSet(registry, enabled, capabilities_for(settings.model))
-    return Tooling(tools, declarations, engine, uses_database=bool(ORDER_TOOLS & enabled))
+    uses_database = bool(ORDER_TOOLS & enabled) or memory is not None
+    return Tooling(tools, declarations, engine, uses_database=uses_database, memory=memory)
 
 
 async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
@@ -199,6 +207,8 @@ def create_app(
                 state.call_control = control
             if tooling.uses_database:
                 await db.prepare(tooling.engine)
+                if tooling.memory is not None:
+                    await tooling.memory.purge_expired()
                 log.info(
                     "order database ready",
                     extra={"event": "db.ready", "url": db.redacted(str(tooling.engine.url))},
@@ -266,6 +276,7 @@ def create_app(
             recording=recording,
             tools=tooling.tools,
             call_control=state.call_control,
+            memory=tooling.memory,
         )
         state.active_calls += 1
         state.calls_total += 1

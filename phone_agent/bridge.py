@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -38,6 +39,7 @@ from phone_agent.conversation import (
     resumed_note,
 )
 from phone_agent.logs import mask_number
+from phone_agent.memory import CallerMemory, memory_prompt
 from phone_agent.model_link import (
     HandedOver,
     LinkEvent,
@@ -189,6 +191,7 @@ class CallBridge:
         recording: RecordingPolicy | None = None,
         tools: ToolSet | None = None,
         call_control: CallControl | None = None,
+        memory: CallerMemory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -197,6 +200,7 @@ class CallBridge:
         self.start_timeout_s = options.start_timeout_s
         self.clock = clock
         self.call_control = call_control
+        self.memory = memory
         self.stream = TwilioStream(max_message_bytes=options.max_message_bytes)
         self.tracker = PlaybackTracker(mark_interval_ms=options.mark_interval_ms)
         self.uplink = UplinkConverter()
@@ -249,8 +253,12 @@ class CallBridge:
                 if self.recorder is not None:
                     recorder = self.recorder
                     tap = lambda m: recorder.model_message(m, self.clock())  # noqa: E731
+                connect = self.connect_model
+                notes = await self._recall()
+                if notes:
+                    connect = partial(self.connect_model, extra_instruction=notes)
                 link = ModelLink(
-                    self.connect_model,
+                    connect,
                     group,
                     clock=self.clock,
                     retry_delays_s=self.options.retry_delays_s,
@@ -279,11 +287,26 @@ class CallBridge:
         finally:
             if self.link is not None:
                 self.link.close()
+                summary.handovers = self.link.handovers
+                summary.reconnects = self.link.reconnects
             summary.ended_at = self.clock()
             await self._close()
             await self._save_recording()
             self._log_end()
         return summary
+
+    async def _recall(self) -> str:
+        """Notes from the caller's earlier calls, for the system instruction; never a delay."""
+        if self.memory is None or not self.context.caller_number:
+            return ""
+        with anyio.move_on_after(0.3):
+            try:
+                notes = await self.memory.recall(self.context.caller_number)
+            except Exception:
+                log.warning("caller memory unavailable", exc_info=True, extra={"event": "memory"})
+                return ""
+            return memory_prompt(notes)
+        return ""
 
     async def _save_recording(self) -> None:
         if self.recorder is None or self.recording is None or not self.summary.call_sid:
@@ -383,13 +406,12 @@ class CallBridge:
             elif isinstance(event, gemini.TurnComplete):
                 await self._end_turn()
             elif isinstance(event, Resumed):
-                self.summary.reconnects += 1
                 if event.mid_turn:
                     heard = self._turn_text.heard(self._heard_of_current())
                     await self._end_turn()
                     await self._send_text(resumed_note(heard))
             elif isinstance(event, HandedOver):
-                self.summary.handovers += 1
+                pass  # counted by the link
             elif isinstance(event, gemini.ToolCallRequest):
                 assert self._group is not None
                 for call in event.calls:
@@ -446,8 +468,9 @@ class CallBridge:
             digits = self._dtmf.due(now)
             if digits:
                 await self._send_text(dtmf_message(digits))
-            busy = self.tracker.current is not None or self.tracker.unheard_ms() > 0
-            action = self._silence.check(now, agent_busy=busy or link.caller_speaking)
+            if link.caller_speaking:
+                self._silence.activity(now)
+            action = self._silence.check(now, agent_busy=self.tracker.playing)
             if action is SilenceAction.REPROMPT:
                 await self._send_text(SILENCE_REPROMPT)
             elif action is SilenceAction.HANG_UP:

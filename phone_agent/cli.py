@@ -130,6 +130,32 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+def forget(number: Annotated[str, typer.Argument(help="The caller's phone number.")]) -> None:
+    """Delete everything held about a caller (caller memory; not the business's orders)."""
+    import anyio
+
+    from phone_agent import db
+    from phone_agent.memory import CallerMemory
+    from phone_agent.orders.spoken import normalize_phone
+
+    settings = _settings()
+    if normalize_phone(number) is None:
+        typer.echo(f"not a phone number: {number!r}", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> int:
+        engine = db.create_engine(db.database_url(settings.database_url))
+        try:
+            await db.upgrade(engine)
+            return await CallerMemory(db.sessionmaker(engine)).forget(number)
+        finally:
+            await engine.dispose()
+
+    removed = anyio.run(run)
+    typer.echo(f"removed {removed} caller-memory note(s)")
+
+
 def _mount_db() -> None:
     from phone_agent.db_cli import db_app
 

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Order database, e.g. postgresql+asyncpg://user@host/db. Unset: an embedded "
         "SQLite file ./phone-agent.db, created and seeded with demo data on first start.",
     )
+    memory: bool = Field(
+        default=False,
+        description="Caller memory: short notes from earlier calls, keyed by calling number, given "
+        "to the model at session start (opt-in: tell your callers). Enables the "
+        "remember_for_next_call tool.",
+    )
+    memory_ttl_days: int = Field(default=90, ge=1, le=365, description="How long notes are kept.")
     record: Literal["off", "consented", "all"] = Field(
         default="off",
         description="Record calls as replayable fixtures: off, only calls whose TwiML carries "

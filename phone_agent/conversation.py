@@ -18,7 +18,8 @@ class SilenceWatch:
     """Re-prompt after `reprompt_s` of silence on both sides, end the call after `hang_up_s`.
 
     Silence counts from the later of: the caller's last speech, the end of the agent's last audio
-    as heard. A re-prompt is offered once per silence.
+    as heard. The re-prompt is offered once until the caller speaks again (the agent's own
+    re-prompt does not earn another one), so a silent line gets one re-prompt, then a goodbye.
     """
 
     def __init__(self, *, reprompt_s: float, hang_up_s: float, now: float) -> None:
@@ -29,12 +30,13 @@ class SilenceWatch:
         self._hung_up = False
 
     def activity(self, now: float) -> None:
+        """The caller spoke (or pressed a key)."""
         self._since = max(self._since, now)
         self._reprompted = False
 
     def check(self, now: float, *, agent_busy: bool) -> SilenceAction | None:
         if agent_busy:
-            self.activity(now)
+            self._since = max(self._since, now)
             return None
         quiet = now - self._since
         if not self._hung_up and self.hang_up_s > 0 and quiet >= self.hang_up_s:

@@ -322,10 +322,15 @@ class GeminiConnector:
 
     @asynccontextmanager
     async def connect(
-        self, *, resumption_handle: str | None = None
+        self, *, resumption_handle: str | None = None, extra_instruction: str = ""
     ) -> AsyncIterator[GeminiSession]:
-        """A session; with `resumption_handle`, one that resumes an earlier session's state."""
+        """A session; with `resumption_handle`, one that resumes an earlier session's state;
+        `extra_instruction` is appended to the system instruction (e.g. caller memory)."""
         config = self._config
+        if extra_instruction:
+            text = self.settings.system_instruction() + extra_instruction
+            instruction = types.Content(role="user", parts=[types.Part(text=text)])
+            config = config.model_copy(update={"system_instruction": instruction})
         if resumption_handle is not None:
             config = config.model_copy(
                 update={

@@ -52,7 +52,7 @@ class ModelConnect(Protocol):
     """Opens a model session, resuming `resumption_handle` when given."""
 
     def __call__(
-        self, *, resumption_handle: str | None = None
+        self, *, resumption_handle: str | None = None, extra_instruction: str = ""
     ) -> AbstractAsyncContextManager[gemini.ModelSession]: ...
 
 

@@ -163,6 +163,13 @@ class PlaybackTracker:
         turn.last_heard_at = now
         return MarkOutcome(turn=turn, first_audio_heard=first)
 
+    @property
+    def playing(self) -> bool:
+        """Agent audio is being sent, or sent and not yet confirmed heard."""
+        return self._current is not None or any(
+            not t.cleared and t.unheard_ms >= _ROUNDING_MS for t in self.turns
+        )
+
     def unheard_ms(self) -> float:
         """Audio sent but not yet confirmed played (upper bound of what Twilio holds)."""
         return sum(t.unheard_ms for t in self.turns if not t.cleared)

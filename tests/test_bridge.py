@@ -46,7 +46,7 @@ class FakeModel:
 
     @asynccontextmanager
     async def connect(
-        self, *, resumption_handle: str | None = None
+        self, *, resumption_handle: str | None = None, extra_instruction: str = ""
     ) -> AsyncIterator[gemini.ModelSession]:
         self.opened += 1
         try:
