@@ -19,6 +19,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from phone_agent.capabilities import capabilities_for
 from phone_agent.config import Settings
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,16 @@ def connect_config(
     tools: list[types.ToolUnion] | None = (
         [types.Tool(function_declarations=declarations)] if declarations else None
     )
+    compression = None
+    if capabilities_for(settings.model).context_window_compression:
+        # Long calls: past ~25k tokens the oldest turns slide out instead of the session ending.
+        compression = types.ContextWindowCompressionConfig(
+            trigger_tokens=25_600,
+            sliding_window=types.SlidingWindow(target_tokens=12_800),
+        )
     return types.LiveConnectConfig(
         tools=tools,
+        context_window_compression=compression,
         response_modalities=[types.Modality.AUDIO],
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(

@@ -319,3 +319,31 @@ async def test_after_a_barge_in_the_model_is_told_what_was_heard() -> None:
     assert heard and heard in note and long_answer.startswith(heard.split(" «")[0][:20])
     # Only what was heard: far less than the whole answer.
     assert len(heard) < len(long_answer) / 2
+
+
+async def test_caller_memory_is_given_to_the_model_at_session_start(tmp_path: Path) -> None:
+    from phone_agent import db
+    from phone_agent.memory import CallerMemory
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'agent.db'}"
+    engine = db.create_engine(url)
+    try:
+        await db.upgrade(engine)
+        memory = CallerMemory(db.sessionmaker(engine))
+        await memory.remember("+15550001111", "Asked about order 1042.", scope="orders")
+        await memory.remember("+15550002222", "Someone else's note.")
+    finally:
+        await engine.dispose()
+    script = EmulatorScript(replies=[Reply.of("Hi again.", Tone(500.0, 300, 0.3))])
+    async with served(script, settings(memory=True, database_url=url)) as (url_, emulator, app):
+        simulator = TwilioCallerSimulator(
+            url_, [Silence(300), HangUp()], custom_parameters={"from": "+15550001111"}
+        )
+        with anyio.fail_after(20):
+            await simulator.run()
+            await app.state.phone_agent.wait_calls_ended(1)
+    setup = emulator.sessions[0].setup
+    assert setup is not None
+    assert "Asked about order 1042." in (setup.system_instruction or "")
+    assert "Someone else's note." not in (setup.system_instruction or "")
+    assert "remember_for_next_call" in setup.tools

@@ -83,3 +83,11 @@ def test_connect_config_asks_for_audio_voice_transcripts_and_resumption() -> Non
     assert config.output_audio_transcription is not None
     assert config.session_resumption is not None
     assert config.system_instruction is not None
+
+
+def test_context_window_compression_only_where_the_model_supports_it() -> None:
+    on = gemini.connect_config(Settings(model="gemini-live-2.5-flash-preview"))
+    assert on.context_window_compression is not None
+    assert on.context_window_compression.sliding_window is not None
+    off = gemini.connect_config(Settings(model="some-unknown-model"))
+    assert off.context_window_compression is None
