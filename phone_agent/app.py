@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.model_link import ModelConnect
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
+from phone_agent.prewarm import PrewarmPool
 from phone_agent.recorder import RecordingPolicy
 from phone_agent.tools.call_tools import register_call_tools
 from phone_agent.tools.registry import ToolRegistry
@@ -49,6 +51,7 @@ class AppState:
     keep_summaries: int = 0
     tooling: Tooling | None = None
     call_control: CallControl | None = None
+    prewarm: PrewarmPool | None = None
     outcomes: dict[str, EndReason] = field(default_factory=dict)
     _ended: anyio.Event | None = None
 
@@ -223,6 +226,12 @@ def create_app(
                 ).connect
             if state.connect_model is None:
                 await _start_model(state, stack)
+            if settings.prewarm and state.connect_model is not None:
+                group = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(group.cancel_scope.cancel)
+                state.prewarm = PrewarmPool(
+                    state.connect_model, group, greeting=settings.greeting, clock=time.monotonic
+                )
             yield
 
     async def signed_form(request: Request) -> dict[str, str] | None:
@@ -246,6 +255,8 @@ def create_app(
         stream_url = settings.media_stream_url()
         assert stream_url is not None and settings.public_url is not None
         webhook.log_webhook(form, "connected")
+        if state.prewarm is not None:
+            state.prewarm.start(form.get("CallSid", ""))
         parameters = webhook.call_parameters(form)
         if request.query_params.get("consent") == "yes":
             parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
@@ -277,6 +288,7 @@ def create_app(
             tools=tooling.tools,
             call_control=state.call_control,
             memory=tooling.memory,
+            prewarm=state.prewarm,
         )
         state.active_calls += 1
         state.calls_total += 1

@@ -49,6 +49,7 @@ from phone_agent.model_link import (
     Resumed,
 )
 from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
+from phone_agent.prewarm import PrewarmPool
 from phone_agent.recorder import CallRecorder, RecordingPolicy
 from phone_agent.tools.call_tools import END_CALL_KEY
 from phone_agent.tools.registry import CallContext, ToolRegistry, ToolResult
@@ -141,6 +142,7 @@ class CallSummary:
     tools_called: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     honest_notes: list[str] = field(default_factory=list)
+    prewarmed: bool = False
     reconnects: int = 0
     handovers: int = 0
     recording: str | None = None
@@ -192,6 +194,7 @@ class CallBridge:
         tools: ToolSet | None = None,
         call_control: CallControl | None = None,
         memory: CallerMemory | None = None,
+        prewarm: PrewarmPool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -201,6 +204,7 @@ class CallBridge:
         self.clock = clock
         self.call_control = call_control
         self.memory = memory
+        self.prewarm = prewarm
         self.stream = TwilioStream(max_message_bytes=options.max_message_bytes)
         self.tracker = PlaybackTracker(mark_interval_ms=options.mark_interval_ms)
         self.uplink = UplinkConverter()
@@ -265,8 +269,16 @@ class CallBridge:
                     on_message=tap,
                 )
                 self.link = link
-                await link.open()
-                if self.options.greeting:
+                # The session opened while the phone rang, unless caller memory must shape it.
+                warm = None
+                if self.prewarm is not None and not notes:
+                    warm = await self.prewarm.take(start.call_sid)
+                summary.prewarmed = warm is not None
+                await link.open(warm)
+                if warm is not None and warm.greeted:
+                    if self.recorder is not None:
+                        self.recorder.sent_to_model("text", self.clock())
+                elif self.options.greeting:
                     await self._send_text(self.options.greeting)
                 group.start_soon(self._guard, self._uplink_pump(link), group.cancel_scope)
                 group.start_soon(self._guard, self._downlink_pump(link), group.cancel_scope)

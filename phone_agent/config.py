@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="Instruction sent to the model when the call connects, so the agent speaks "
         "first. Empty: the caller speaks first.",
     )
+    prewarm: bool = Field(
+        default=True,
+        description="Open the model session at the webhook, while the phone rings, so the first "
+        "words come fast.",
+    )
     silence_reprompt_s: float = Field(
         default=8.0, ge=0, description="Re-prompt after this many seconds of silence (0: never)."
     )

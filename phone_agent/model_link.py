@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -36,6 +36,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from google.genai import types
 
 from phone_agent import gemini
+
+if TYPE_CHECKING:
+    from phone_agent.prewarm import WarmSession
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,33 @@ class ModelLink:
 
     # -- opening sessions -----------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open the first session. Raises `gemini.ModelSessionClosed` if it cannot be opened."""
+    async def open(self, warm: WarmSession | None = None) -> None:
+        """Open the first session, or adopt `warm`, one pre-opened while the phone rang.
+        Raises `gemini.ModelSessionClosed` if it cannot be opened."""
+        if warm is not None:
+            self._numbers += 1
+            self._current = await self._group.start(self._adopted_task, self._numbers, warm)
+            self.sessions_opened += 1
+            return
         self._current = await self._start_session()
+
+    async def _adopted_task(
+        self, number: int, warm: WarmSession, *, task_status: anyio.abc.TaskStatus[_Session]
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            entry = _Session(number, warm.session, scope)
+            self._sessions[number] = entry
+            warm.session.on_message = self._on_message
+            task_status.started(entry)
+            try:
+                async with warm.events:
+                    async for event in warm.events:
+                        await self._send.send((number, event))
+                closed = gemini.ModelSessionClosed(None, "pre-warmed session ended")
+                await self._send.send((number, _Dropped(closed)))
+            finally:
+                warm.release()
+                self._sessions.pop(number, None)
 
     async def _start_session(self) -> _Session:
         self._numbers += 1

@@ -347,3 +347,41 @@ async def test_caller_memory_is_given_to_the_model_at_session_start(tmp_path: Pa
     assert "Asked about order 1042." in (setup.system_instruction or "")
     assert "Someone else's note." not in (setup.system_instruction or "")
     assert "remember_for_next_call" in setup.tools
+
+
+async def test_session_opened_while_the_phone_rings_is_adopted_by_the_stream() -> None:
+    import httpx
+    from twilio.request_validator import RequestValidator
+
+    public = "https://agent.example.com"
+    call_sid = "CA" + secrets.token_hex(16)
+    script = EmulatorScript(
+        replies=[Reply.of("Hello!", Tone(700.0, 600, 0.3), trigger=Trigger.TEXT)]
+    )
+    config = settings(
+        greeting="Greet the caller.",
+        twilio_auth_token=TOKEN,
+        public_url=public,
+    )
+    async with GeminiEmulator(script, setup_delay_s=0.2) as emulator:
+        target = GeminiTarget(emulator.base_url, "k", emulator.client_ssl_context())
+        app = create_app(config, gemini=target, keep_summaries=5)
+        async with embedded_server(app) as base:
+            form = {"CallSid": call_sid, "From": "+15550001111", "To": "+15550009999"}
+            signature = RequestValidator(TOKEN).compute_signature(public + "/twilio/voice", form)
+            async with httpx.AsyncClient(base_url=base) as http:
+                answer = await http.post(
+                    "/twilio/voice", data=form, headers={"X-Twilio-Signature": signature}
+                )
+            assert answer.status_code == 200
+            record, summary = await place(
+                base.replace("http://", "ws://") + "/twilio/media",
+                app,
+                [WaitForAgentAudio(min_ms=500), WaitForAgentSilence(ms=300), HangUp()],
+                call_sid,
+            )
+    record.assert_clean()
+    assert summary.prewarmed
+    assert len(emulator.sessions) == 1  # the stream opened no session of its own
+    assert texts_sent(emulator).count("Greet the caller.") == 1
+    assert summary.tracker is not None and summary.tracker.turns[0].fully_heard

@@ -91,6 +91,8 @@ class Options:
     setup_timeout_s: float = 10.0
     clock: ClockName = "wall"
     """What paces replies and goAway: wall time, or the caller audio received (see `pacing`)."""
+    setup_delay_s: float = 0.0
+    """How long `setupComplete` takes, as the real service's connection set-up does (benchmarks)."""
 
 
 class _Stop(Exception):
@@ -240,6 +242,8 @@ class Conversation:
                 self._cursor = self._handles[info.resumption_handle]
             else:
                 log.info("session %d: unknown resumption handle, starting afresh", self.record.id)
+        if self._options.setup_delay_s > 0:
+            await asyncio.sleep(self._options.setup_delay_s)
         await self._send("setupComplete", protocol.setup_complete())
 
     async def _reject(self, exc: ProtocolError) -> NoReturn:

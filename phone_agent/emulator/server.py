@@ -61,6 +61,7 @@ class GeminiEmulator:
         chunk_ms: int = 40,
         vad_threshold_dbfs: float = -40.0,
         record_messages: bool = True,
+        setup_delay_s: float = 0.0,
         clock: ClockName = "wall",
     ) -> None:
         if not speed > 0:
@@ -78,6 +79,7 @@ class GeminiEmulator:
             chunk_ms=chunk_ms,
             vad_threshold_dbfs=vad_threshold_dbfs,
             record_messages=record_messages,
+            setup_delay_s=setup_delay_s,
             clock=clock,
         )
         self._tls: EmulatorTLS | None = None
