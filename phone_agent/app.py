@@ -19,6 +19,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from phone_agent import db, webhook
+from phone_agent.admission import (
+    TOKEN_PARAMETER,
+    MemoryNonceStore,
+    NonceStore,
+    RedisNonceStore,
+    StreamTokens,
+    derive_key,
+)
 from phone_agent.bridge import CallBridge, CallOptions, CallSummary, EndReason, ToolSet
 from phone_agent.call_control import CallControl, TwilioCallControl
 from phone_agent.capabilities import capabilities_for
@@ -52,6 +60,7 @@ class AppState:
     tooling: Tooling | None = None
     call_control: CallControl | None = None
     prewarm: PrewarmPool | None = None
+    tokens: StreamTokens | None = None
     outcomes: dict[str, EndReason] = field(default_factory=dict)
     _ended: anyio.Event | None = None
 
@@ -64,6 +73,12 @@ class AppState:
         if self._ended is not None:
             self._ended.set()
             self._ended = None
+
+    def stream_parameters(self, call_sid: str, **extra: str) -> dict[str, str]:
+        """The `<Parameter>`s the webhook would give `call_sid`'s stream (tests, replays, tools
+        that dial the media socket directly): a fresh stream token, plus `extra`."""
+        assert self.tokens is not None
+        return {TOKEN_PARAMETER: self.tokens.mint(call_sid), **extra}
 
     async def wait_calls_ended(self, count: int) -> None:
         """Wait until `count` calls have ended since start (tests, the demo)."""
@@ -173,11 +188,23 @@ def create_app(
     ones are added to it. Raises `ConfigError` for unusable settings.
     """
     tooling = build_tooling(settings, registry)
+    nonces: NonceStore = (
+        RedisNonceStore(settings.redis_url) if settings.redis_url else MemoryNonceStore()
+    )
+    tokens = StreamTokens(
+        derive_key(
+            settings.stream_secret.get_secret_value() if settings.stream_secret else None,
+            settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None,
+        ),
+        nonces,
+        ttl_s=settings.stream_token_ttl_s,
+    )
     state = AppState(
         settings=settings,
         connect_model=connect_model,
         keep_summaries=keep_summaries,
         tooling=tooling,
+        tokens=tokens,
     )
     options = CallOptions(
         start_timeout_s=settings.start_timeout_s,
@@ -200,6 +227,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(tooling.engine.dispose)
+            if isinstance(nonces, RedisNonceStore):
+                stack.push_async_callback(nonces.aclose)
             if settings.twilio_account_sid and settings.twilio_auth_token:
                 control = TwilioCallControl(
                     settings.twilio_account_sid,
@@ -258,6 +287,7 @@ def create_app(
         if state.prewarm is not None:
             state.prewarm.start(form.get("CallSid", ""))
         parameters = webhook.call_parameters(form)
+        parameters[TOKEN_PARAMETER] = tokens.mint(form.get("CallSid", ""))
         if request.query_params.get("consent") == "yes":
             parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
         action = settings.public_url + STREAM_ENDED_PATH
@@ -280,6 +310,23 @@ def create_app(
         if connect is None:  # pragma: no cover - lifespan always sets it
             await websocket.close(code=1013)
             return
+        signature = websocket.headers.get(webhook.SIGNATURE_HEADER)
+        token = settings.twilio_auth_token
+        stream_url = settings.media_stream_url()
+        # Twilio signs the handshake (the wss URL, no parameters) on some accounts: when it does,
+        # the signature must hold. The stream token is checked in any case.
+        if (
+            signature
+            and token is not None
+            and stream_url is not None
+            and not webhook.signature_is_valid(token.get_secret_value(), stream_url, {}, signature)
+        ):
+            log.warning(
+                "media stream refused: bad handshake signature",
+                extra={"event": "call.rejected", "reason": "handshake_signature"},
+            )
+            await websocket.close(code=1008)
+            return
         bridge = CallBridge(
             websocket,
             connect,
@@ -289,6 +336,7 @@ def create_app(
             call_control=state.call_control,
             memory=tooling.memory,
             prewarm=state.prewarm,
+            admission=tokens,
         )
         state.active_calls += 1
         state.calls_total += 1

@@ -26,6 +26,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phone_agent import gemini
+from phone_agent.admission import TOKEN_PARAMETER, AdmissionError, StreamTokens
 from phone_agent.audio import DownlinkConverter, UplinkConverter
 from phone_agent.call_control import CallControl, CallControlError
 from phone_agent.capabilities import CONSERVATIVE, ModelCapabilities
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 
 class EndReason(enum.Enum):
+    ADMISSION_REFUSED = "admission_refused"
     CALLER_STOP = "caller_stop"
     AGENT_HANG_UP = "agent_hang_up"
     TRANSFERRED = "transferred"
@@ -84,6 +86,7 @@ class EndReason(enum.Enum):
 
 
 _CLOSE_CODES = {
+    EndReason.ADMISSION_REFUSED: 1008,
     EndReason.PROTOCOL_ERROR: 1008,
     EndReason.START_TIMEOUT: 1008,
     EndReason.INTERNAL_ERROR: 1011,
@@ -195,6 +198,7 @@ class CallBridge:
         call_control: CallControl | None = None,
         memory: CallerMemory | None = None,
         prewarm: PrewarmPool | None = None,
+        admission: StreamTokens | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -205,6 +209,7 @@ class CallBridge:
         self.call_control = call_control
         self.memory = memory
         self.prewarm = prewarm
+        self.admission = admission
         self.stream = TwilioStream(max_message_bytes=options.max_message_bytes)
         self.tracker = PlaybackTracker(mark_interval_ms=options.mark_interval_ms)
         self.uplink = UplinkConverter()
@@ -235,6 +240,10 @@ class CallBridge:
         try:
             start = await self._await_start()
             summary.call_sid, summary.stream_sid = start.call_sid, start.stream_sid
+            if self.admission is not None:
+                # Before any model session is opened or paid for.
+                token = start.custom_parameters.get(TOKEN_PARAMETER)
+                await self.admission.admit(token, start.call_sid)
             summary.started_at = self.clock()
             self.context = CallContext(
                 call_sid=start.call_sid, caller_number=start.custom_parameters.get("from")
@@ -283,6 +292,8 @@ class CallBridge:
                 group.start_soon(self._guard, self._uplink_pump(link), group.cancel_scope)
                 group.start_soon(self._guard, self._downlink_pump(link), group.cancel_scope)
                 group.start_soon(self._guard_timer, self._timers(link))
+        except AdmissionError as exc:
+            self._end(EndReason.ADMISSION_REFUSED, f"{exc.reason}: {exc}")
         except TwilioProtocolError as exc:
             self._end(EndReason.PROTOCOL_ERROR, str(exc))
         except TimeoutError:
@@ -635,7 +646,11 @@ class CallBridge:
 
     def _log_end(self) -> None:
         reason = self.summary.end_reason
-        if reason in (EndReason.PROTOCOL_ERROR, EndReason.START_TIMEOUT):
+        if reason in (
+            EndReason.PROTOCOL_ERROR,
+            EndReason.START_TIMEOUT,
+            EndReason.ADMISSION_REFUSED,
+        ):
             log.warning(
                 "media stream rejected: %s",
                 self.summary.detail,

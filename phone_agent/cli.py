@@ -83,7 +83,9 @@ def replay(
         typer.Option(
             help="Replay into a running server (ws://host:port/twilio/media) instead of "
             "in-process. Start it offline with PHONE_AGENT_EMULATOR_FIXTURE=FIXTURE so its model "
-            "plays the recording; only what the phone can observe is checked.",
+            "plays the recording, and give this command the server's TWILIO_AUTH_TOKEN and "
+            "PHONE_AGENT_PUBLIC_URL so the stream is admitted through its webhook; only what the "
+            "phone can observe is checked.",
         ),
     ] = None,
 ) -> None:
@@ -107,7 +109,18 @@ def replay(
             typer.echo(result.report())
             failed += not result.ok
         else:
-            remote = anyio.run(partial(replaying.replay_remote, fixture, url, speed=factor))
+            settings = _settings()
+            token = settings.twilio_auth_token
+            remote = anyio.run(
+                partial(
+                    replaying.replay_remote,
+                    fixture,
+                    url,
+                    speed=factor,
+                    public_url=settings.public_url,
+                    auth_token=token.get_secret_value() if token else None,
+                )
+            )
             typer.echo(remote.report())
             failed += not remote.ok
     if failed:

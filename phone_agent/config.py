@@ -107,6 +107,19 @@ class Settings(BaseSettings):
         default=None,
         description="Twilio REST API base URL (tests point it at a local stand-in).",
     )
+    stream_secret: SecretStr | None = Field(
+        default=None,
+        description="Key for stream tokens. Unset: derived from TWILIO_AUTH_TOKEN (shared by every "
+        "replica), or random per process when that is unset too.",
+    )
+    stream_token_ttl_s: float = Field(
+        default=60.0, gt=0, le=300, description="How long a stream token stays valid."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for state shared by replicas (single-use stream tokens), e.g. "
+        "redis://127.0.0.1:6379/0. Unset: in-process.",
+    )
     start_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Seconds a media socket may take to send `start`."
     )

@@ -67,9 +67,13 @@ def _masked_start(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(start, dict):
         return message
     params = start.get("customParameters")
-    if not isinstance(params, dict) or "from" not in params:
+    if not isinstance(params, dict):
         return message
-    masked_params = {**params, "from": mask_number(str(params["from"]))}
+    masked_params = dict(params)
+    if "from" in params:
+        masked_params["from"] = mask_number(str(params["from"]))
+    if "token" in params:
+        masked_params["token"] = "[redacted]"  # single use and expired, but never stored
     return {**message, "start": {**start, "customParameters": masked_params}}
 
 

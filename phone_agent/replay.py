@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -325,11 +326,14 @@ async def replay(
     limit = limit_s if limit_s is not None else 30.0 + 2.0 * duration_s / factor
     async with replay_stack(fixture, settings) as (media_url, _emulator, app):
         state = app.state.phone_agent
+        call_sid = plan.call_sid or "CA" + secrets.token_hex(16)
+        # The recorded token was single use: mint a fresh one, as the webhook would.
+        parameters = {**plan.custom_parameters, **state.stream_parameters(call_sid)}
         simulator = TwilioCallerSimulator(
             media_url,
             plan.steps,
-            custom_parameters=plan.custom_parameters,
-            call_sid=plan.call_sid,
+            custom_parameters=parameters,
+            call_sid=call_sid,
             stream_sid=plan.stream_sid,
             account_sid=plan.account_sid or "AC" + "0" * 32,
             speed=factor,
@@ -406,18 +410,57 @@ def check_remote(expect: Expectations, record: CallRecord) -> list[str]:
     return failures
 
 
+async def webhook_stream_parameters(
+    media_url: str, public_url: str, auth_token: str, call_sid: str
+) -> dict[str, str]:
+    """Ask a running server's voice webhook, signed as Twilio would sign it, for the stream's
+    `<Parameter>`s (its stream token among them)."""
+    import xml.etree.ElementTree as ET
+
+    import httpx
+    from twilio.request_validator import RequestValidator
+
+    http_url = media_url.replace("wss://", "https://").replace("ws://", "http://")
+    voice_url = http_url.rsplit("/twilio/media", 1)[0] + "/twilio/voice"
+    form = {"CallSid": call_sid, "From": "+15550100000", "To": "+15550109999"}
+    signed = public_url.rstrip("/") + "/twilio/voice"
+    signature = RequestValidator(auth_token).compute_signature(signed, form)
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(voice_url, data=form, headers={"X-Twilio-Signature": signature})
+    answer.raise_for_status()
+    stream = ET.fromstring(answer.text).find("./Connect/Stream")
+    if stream is None:
+        raise ReplayError("the webhook did not answer with <Connect><Stream>")
+    return {
+        str(p.get("name")): str(p.get("value"))
+        for p in stream.findall("Parameter")
+        if p.get("name")
+    }
+
+
 async def replay_remote(
-    fixture: CallFixture, url: str, *, speed: Speed | float = "realtime"
+    fixture: CallFixture,
+    url: str,
+    *,
+    speed: Speed | float = "realtime",
+    public_url: str | None = None,
+    auth_token: str | None = None,
 ) -> RemoteResult:
     """Play the caller side into a running server; its model must play the fixture's model side
-    (`PHONE_AGENT_EMULATOR_FIXTURE`)."""
+    (`PHONE_AGENT_EMULATOR_FIXTURE`). With `public_url` and `auth_token` (the server's), the
+    stream is admitted with a token from the server's own webhook, as Twilio's would be."""
     plan = caller_plan(fixture)
     factor = speed_factor(speed)
     duration_s = max((m.t_ms for m in fixture.caller), default=0.0) / 1000.0
+    call_sid = plan.call_sid or "CA" + secrets.token_hex(16)
+    parameters = dict(plan.custom_parameters)
+    if public_url and auth_token:
+        parameters.update(await webhook_stream_parameters(url, public_url, auth_token, call_sid))
     simulator = TwilioCallerSimulator(
         url,
         plan.steps,
-        custom_parameters=plan.custom_parameters,
+        call_sid=call_sid,
+        custom_parameters=parameters,
         speed=factor,
     )
     with anyio.fail_after(30.0 + 2.0 * duration_s / factor):

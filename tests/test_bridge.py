@@ -85,8 +85,10 @@ class _FakeSession:
         await anyio.sleep_forever()
 
 
-def start_msg(caller: str | None = None) -> str:
-    params = {"from": caller} if caller else {}
+def start_msg(client: TestClient, caller: str | None = None) -> str:
+    """`start` with the stream token the webhook would have minted for this call."""
+    extra = {"from": caller} if caller else {}
+    params = client.app.state.phone_agent.stream_parameters(CALL, **extra)  # type: ignore[attr-defined]
     return json.dumps(
         {
             "event": "start",
@@ -167,7 +169,7 @@ def test_bad_input_closes_call_with_one_log_line_and_no_model_session(
 def test_binary_frame_closes_call(caplog: pytest.LogCaptureFixture) -> None:
     model = FakeModel()
     with make_client(model) as client, client.websocket_connect("/twilio/media") as ws:
-        ws.send_text(start_msg())
+        ws.send_text(start_msg(client))
         ws.send_bytes(b"\x00\x01\x02")
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
@@ -180,7 +182,7 @@ def test_binary_frame_closes_call(caplog: pytest.LogCaptureFixture) -> None:
 def test_invalid_base64_after_start_closes_call(caplog: pytest.LogCaptureFixture) -> None:
     model = FakeModel()
     with make_client(model) as client, client.websocket_connect("/twilio/media") as ws:
-        ws.send_text(start_msg())
+        ws.send_text(start_msg(client))
         ws.send_text(media_msg(2).replace(base64.b64encode(FRAME).decode(), "@@@"))
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
@@ -206,7 +208,7 @@ def test_caller_audio_is_upsampled_and_stop_ends_the_call() -> None:
     model = FakeModel()
     client = make_client(model)
     with client, client.websocket_connect("/twilio/media") as ws:
-        ws.send_text(start_msg())
+        ws.send_text(start_msg(client))
         for seq in range(2, 12):
             ws.send_text(media_msg(seq))
         ws.send_text(stop_msg(12))
@@ -242,7 +244,7 @@ def test_barge_in_sends_clear_and_drops_late_audio() -> None:
     client = make_client(model)
     received: list[dict[str, object]] = []
     with client, client.websocket_connect("/twilio/media") as ws:
-        ws.send_text(start_msg())
+        ws.send_text(start_msg(client))
         ws.send_text(media_msg(2))
         for _ in range(4):  # media, mark, media, mark
             received.append(json.loads(ws.receive_text()))
@@ -310,7 +312,7 @@ def test_tool_calls_are_answered_and_cancelled_ones_are_not() -> None:
     )
     client = make_client(model, registry, tools=["echo", "slow", "stuck", "broken"])
     with client, client.websocket_connect("/twilio/media") as ws:
-        ws.send_text(start_msg(caller="+15550001111"))
+        ws.send_text(start_msg(client, caller="+15550001111"))
         ws.send_text(media_msg(2))
         ws.send_text(media_msg(3))
         assert slow_cancelled.wait(5)

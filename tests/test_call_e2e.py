@@ -3,6 +3,7 @@ the Gemini Live emulator over TLS, and the Twilio caller simulator as the phone.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -87,9 +88,19 @@ async def stack(script: EmulatorScript, *, speed: float = 2.0) -> AsyncIterator[
             yield Stack(emulator, app, media_url)
 
 
-async def call(url: str, script: list[CallerStep], limit_s: float = 20.0) -> CallRecord:
+async def call(s: Stack, script: list[CallerStep], limit_s: float = 20.0) -> CallRecord:
+    """Dial the media socket as Twilio would, with the stream token the webhook would mint."""
+    call_sid = new_call_sid()
+    parameters = s.app.state.phone_agent.stream_parameters(call_sid)
+    simulator = TwilioCallerSimulator(
+        s.media_url, script, call_sid=call_sid, custom_parameters=parameters
+    )
     with anyio.fail_after(limit_s):
-        return await TwilioCallerSimulator(url, script).run()
+        return await simulator.run()
+
+
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
 
 
 async def wait_for_summaries(s: Stack, n: int) -> list[CallSummary]:
@@ -105,7 +116,7 @@ async def test_caller_speaks_and_hears_the_agent_tone_through_both_conversions()
     )
     async with stack(script) as s:
         record = await call(
-            s.media_url,
+            s,
             [
                 Silence(200),
                 Say(caller_tone(300.0, 800)),
@@ -146,7 +157,7 @@ async def test_barge_in_clears_playback_and_no_interrupted_audio_is_heard_after(
     # speed=1: the model is still generating when the caller talks over it.
     async with stack(script, speed=1.0) as s:
         record = await call(
-            s.media_url,
+            s,
             [
                 Say(caller_tone(300.0, 600)),
                 WaitForAgentAudio(min_ms=800),
@@ -192,7 +203,7 @@ async def test_bad_input_on_one_call_leaves_a_concurrent_call_alone() -> None:
             async def good_call() -> None:
                 good.append(
                     await call(
-                        s.media_url,
+                        s,
                         [
                             Say(caller_tone(300.0, 600)),
                             WaitForAgentAudio(min_ms=500),

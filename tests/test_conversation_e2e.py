@@ -77,7 +77,9 @@ async def served(
 async def place(
     url: str, app: Starlette, steps: Sequence[CallerStep], call_sid: str | None = None
 ) -> tuple[CallRecord, CallSummary]:
-    simulator = TwilioCallerSimulator(url, steps, call_sid=call_sid)
+    call_sid = call_sid or "CA" + secrets.token_hex(16)
+    parameters = app.state.phone_agent.stream_parameters(call_sid)
+    simulator = TwilioCallerSimulator(url, steps, call_sid=call_sid, custom_parameters=parameters)
     with anyio.fail_after(30):
         record = await simulator.run()
         await app.state.phone_agent.wait_calls_ended(1)
@@ -336,8 +338,10 @@ async def test_caller_memory_is_given_to_the_model_at_session_start(tmp_path: Pa
         await engine.dispose()
     script = EmulatorScript(replies=[Reply.of("Hi again.", Tone(500.0, 300, 0.3))])
     async with served(script, settings(memory=True, database_url=url)) as (url_, emulator, app):
+        sid = "CA" + secrets.token_hex(16)
+        parameters = app.state.phone_agent.stream_parameters(sid, **{"from": "+15550001111"})
         simulator = TwilioCallerSimulator(
-            url_, [Silence(300), HangUp()], custom_parameters={"from": "+15550001111"}
+            url_, [Silence(300), HangUp()], call_sid=sid, custom_parameters=parameters
         )
         with anyio.fail_after(20):
             await simulator.run()

@@ -3,6 +3,7 @@ order database, and the model's spoken reply is built from the database row."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import anyio
@@ -74,7 +75,8 @@ async def test_model_reads_the_database_row_and_the_recorded_call_replays(tmp_pa
             simulator = TwilioCallerSimulator(
                 base.replace("http", "ws") + "/twilio/media",
                 steps,
-                custom_parameters={"from": OWNER},
+                call_sid=(sid := "CA" + secrets.token_hex(16)),
+                custom_parameters=app.state.phone_agent.stream_parameters(sid, **{"from": OWNER}),
             )
             with anyio.fail_after(20):
                 record = await simulator.run()
@@ -118,7 +120,10 @@ async def test_a_stranger_gets_no_details(tmp_path: Path) -> None:
             simulator = TwilioCallerSimulator(
                 base.replace("http", "ws") + "/twilio/media",
                 steps,
-                custom_parameters={"from": "+15559999999"},
+                call_sid=(sid := "CA" + secrets.token_hex(16)),
+                custom_parameters=app.state.phone_agent.stream_parameters(
+                    sid, **{"from": "+15559999999"}
+                ),
             )
             with anyio.fail_after(20):
                 await simulator.run()

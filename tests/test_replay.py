@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import anyio
@@ -97,8 +98,12 @@ async def test_a_recorded_call_replays_to_the_same_outcome(tmp_path: Path) -> No
                 HangUp(),
             ]
             with anyio.fail_after(20):
+                sid = "CA" + secrets.token_hex(16)
                 await TwilioCallerSimulator(
-                    base.replace("http", "ws") + "/twilio/media", steps
+                    base.replace("http", "ws") + "/twilio/media",
+                    steps,
+                    call_sid=sid,
+                    custom_parameters=app.state.phone_agent.stream_parameters(sid),
                 ).run()
                 await app.state.phone_agent.wait_calls_ended(1)
     recording = app.state.phone_agent.summaries[-1].recording

@@ -22,14 +22,14 @@ import secrets
 import statistics
 
 import anyio
-import httpx
 from pydantic import SecretStr
-from twilio.request_validator import RequestValidator
+from starlette.applications import Starlette
 
 from phone_agent.app import GeminiTarget, create_app
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import EmulatorScript, GeminiEmulator, Reply, Tone, Trigger
+from phone_agent.replay import webhook_stream_parameters
 from phone_agent.simulator import (
     CallerStep,
     HangUp,
@@ -42,24 +42,23 @@ PUBLIC = "https://agent.example.com"
 TOKEN = "bench-token"
 
 
-async def one_call(base: str, app: object, *, prewarm: bool, ring_s: float) -> float:
+async def one_call(base: str, app: Starlette, *, prewarm: bool, ring_s: float) -> float:
     call_sid = "CA" + secrets.token_hex(16)
+    media_url = base.replace("http://", "ws://") + "/twilio/media"
     if prewarm:
-        form = {"CallSid": call_sid, "From": "+15550001111", "To": "+15550009999"}
-        signature = RequestValidator(TOKEN).compute_signature(PUBLIC + "/twilio/voice", form)
-        async with httpx.AsyncClient(base_url=base) as http:
-            answer = await http.post(
-                "/twilio/voice", data=form, headers={"X-Twilio-Signature": signature}
-            )
-            answer.raise_for_status()
+        # The signed webhook, as Twilio sends it when the call comes in: it starts pre-warming and
+        # answers with the stream's parameters (its token among them).
+        parameters = await webhook_stream_parameters(media_url, PUBLIC, TOKEN, call_sid)
         await anyio.sleep(ring_s)  # the phone rings
+    else:
+        parameters = app.state.phone_agent.stream_parameters(call_sid)
     steps: list[CallerStep] = [
         WaitForAgentAudio(min_ms=300),
         WaitForAgentSilence(ms=200),
         HangUp(),
     ]
     simulator = TwilioCallerSimulator(
-        base.replace("http://", "ws://") + "/twilio/media", steps, call_sid=call_sid
+        media_url, steps, call_sid=call_sid, custom_parameters=parameters
     )
     with anyio.fail_after(30):
         record = await simulator.run()

@@ -524,6 +524,9 @@ async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRec
             _env_file=None,
             record="all",
             record_dir=record_dir,
+            greeting="",  # the scenarios script who speaks first
+            silence_reprompt_s=0,
+            silence_hang_up_s=0,
             tools=list(call.scenario.tools),
             database_url=f"sqlite+aiosqlite:///{record_dir / 'orders.db'}",
         )
@@ -542,7 +545,9 @@ async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRec
                 speed=1.0,
                 call_sid=sid,
                 stream_sid="MZ" + sid[2:],
-                custom_parameters={"call_sid": sid, "from": CALLER_NUMBER, "to": AGENT_NUMBER},
+                custom_parameters=app.state.phone_agent.stream_parameters(
+                    sid, call_sid=sid, **{"from": CALLER_NUMBER, "to": AGENT_NUMBER}
+                ),
             )
             with anyio.fail_after(60):
                 record = await simulator.run()
