@@ -145,6 +145,8 @@ class CallSummary:
     tools_called: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     honest_notes: list[str] = field(default_factory=list)
+    model_texts: list[str] = field(default_factory=list)
+    """Every text the bridge gave the model: greeting, keypad digits, notes (what it was told)."""
     prewarmed: bool = False
     reconnects: int = 0
     handovers: int = 0
@@ -285,6 +287,7 @@ class CallBridge:
                 summary.prewarmed = warm is not None
                 await link.open(warm)
                 if warm is not None and warm.greeted:
+                    summary.model_texts.append(self.options.greeting)
                     if self.recorder is not None:
                         self.recorder.sent_to_model("text", self.clock())
                 elif self.options.greeting:
@@ -423,7 +426,9 @@ class CallBridge:
                 if cut is not None:
                     # Gemini keeps the whole answer in its history; tell it what was heard.
                     heard = self._turn_text.heard(cut.heard_ms)
-                    await link.send_context(interrupted_note(heard))
+                    note = interrupted_note(heard)
+                    self.summary.model_texts.append(note)
+                    await link.send_context(note)
                     self.summary.honest_notes.append(heard)
                 self._turn_text = TurnTranscript()
             elif isinstance(event, gemini.TurnComplete):
@@ -478,6 +483,7 @@ class CallBridge:
             return
         if self.recorder is not None:
             self.recorder.sent_to_model("text", self.clock())
+        self.summary.model_texts.append(text)
         await self.link.send_text(text)
 
     # -- timers and ending the call ---------------------------------------------------------

@@ -142,3 +142,25 @@ def test_cli_replay_exits_non_zero_on_failure(tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     bad = CliRunner().invoke(cli, ["replay", str(broken)])
     assert bad.exit_code == 1 and "expected 3 model turns" in bad.output
+
+
+async def test_fixture_replays_prove_the_conversation_behaviours() -> None:
+    """goAway: handed over, greeted once; DTMF reaches the model; a barge-in is told honestly."""
+    greeting = Settings().greeting
+    crossed = await replay.replay(CallFixture.load(FIXTURES[0].parent / "go-away.json.gz"))
+    assert crossed.ok and crossed.summary.handovers >= 1, crossed.report()
+    assert crossed.summary.model_texts.count(greeting) == 1
+
+    # Real time: digits are grouped by a wall-clock pause, which a faster replay would outrun.
+    keys = await replay.replay(
+        CallFixture.load(FIXTURES[0].parent / "dtmf.json.gz"), speed="realtime"
+    )
+    assert keys.ok, keys.report()
+    typed = [t for t in keys.summary.model_texts if "keypad" in t]
+    assert typed and "1" in typed[0]
+
+    cut = await replay.replay(CallFixture.load(FIXTURES[0].parent / "barge-in.json.gz"))
+    assert cut.ok, cut.report()
+    [heard] = cut.summary.honest_notes
+    notes = [t for t in cut.summary.model_texts if t.startswith("[The caller interrupted")]
+    assert heard and len(notes) == 1 and heard in notes[0]
