@@ -21,7 +21,7 @@ from phone_agent.bridge import CallSummary, EndReason
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import EmulatorScript, GeminiEmulator, Reply, Tone
-from phone_agent.gemini import GeminiConnector
+from phone_agent.gemini import GeminiConnector, ModelSessionClosed
 from phone_agent.simulator import (
     CallerStep,
     CallRecord,
@@ -222,3 +222,19 @@ async def test_bad_input_on_one_call_leaves_a_concurrent_call_alone() -> None:
     assert good[0].heard_ms >= 550
     reasons = sorted(x.end_reason.value for x in summaries if x.end_reason)
     assert reasons == ["caller_stop", "protocol_error"]
+
+
+async def test_ssl_cert_file_is_honoured_for_a_local_emulator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with GeminiEmulator(EmulatorScript()) as emulator:
+        monkeypatch.setenv("SSL_CERT_FILE", str(emulator.ca_file))
+        # No explicit TLS context: the emulator's CA comes from SSL_CERT_FILE alone.
+        connector = GeminiConnector(Settings(), api_key="k", base_url=emulator.base_url)
+        async with connector.connect() as session:
+            await session.send_text("hello")
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusting = GeminiConnector(Settings(), api_key="k", base_url=emulator.base_url)
+        with pytest.raises(ModelSessionClosed):
+            async with untrusting.connect():
+                pass
