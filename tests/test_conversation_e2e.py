@@ -201,7 +201,7 @@ async def test_a_1011_drop_mid_answer_is_recovered() -> None:
     assert record.heard_ms >= 1700  # both halves of the answer were heard
 
 
-async def test_end_call_hangs_up_after_the_goodbye_is_heard() -> None:
+async def test_end_call_hangs_up_after_the_goodbye_is_heard(tmp_path: Path) -> None:
     call_sid = "CA" + secrets.token_hex(16)
     script = EmulatorScript(
         replies=[
@@ -220,12 +220,19 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard() -> None:
             twilio_account_sid=ACCOUNT,
             twilio_auth_token=TOKEN,
             twilio_api_base_url=rest.base_url,
+            record="all",
+            record_dir=tmp_path,
         )
         async with served(script, config) as (url, _emulator, app):
             record, summary = await place(
                 url, app, [CallerSay(caller_tone(300.0, 600)), Silence(20_000)], call_sid
             )
         [request] = rest.requests
+        # The recorded call replays to the same outcome: goodbye heard, then the REST hang-up.
+        assert summary.recording is not None
+        again = await replay.replay(CallFixture.load(summary.recording), settings=config)
+        assert again.ok, again.report()
+        assert len(rest.requests) == 2 and rest.requests[1].call_sid == call_sid
     assert request.call_sid == call_sid and request.params.get("Status") == "completed"
     assert rest.calls[call_sid].status == "completed"
     assert summary.end_reason is EndReason.AGENT_HANG_UP and summary.detail == "goodbye heard"
@@ -233,7 +240,7 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard() -> None:
     assert record.heard_ms >= 1180  # the whole goodbye
 
 
-async def test_transfer_to_human_dials_the_configured_number() -> None:
+async def test_transfer_to_human_dials_the_configured_number(tmp_path: Path) -> None:
     call_sid = "CA" + secrets.token_hex(16)
     script = EmulatorScript(
         replies=[
@@ -253,12 +260,18 @@ async def test_transfer_to_human_dials_the_configured_number() -> None:
             twilio_account_sid=ACCOUNT,
             twilio_auth_token=TOKEN,
             twilio_api_base_url=rest.base_url,
+            record="all",
+            record_dir=tmp_path,
         )
         async with served(script, config) as (url, _emulator, app):
             _record, summary = await place(
                 url, app, [CallerSay(caller_tone(300.0, 600)), Silence(20_000)], call_sid
             )
-        [request] = rest.requests
+        request = rest.requests[0]
+        assert summary.recording is not None
+        again = await replay.replay(CallFixture.load(summary.recording), settings=config)
+        assert again.ok, again.report()
+        assert [r.params.get("Twiml") for r in rest.requests] == [request.params["Twiml"]] * 2
     dial = ET.fromstring(request.params["Twiml"]).find("Dial")
     assert dial is not None and dial.text == "+15557654321"
     assert summary.end_reason is EndReason.TRANSFERRED
@@ -278,16 +291,25 @@ async def test_dtmf_digits_reach_the_model_as_text() -> None:
     assert "[The caller typed 1 0 on the phone keypad.]" in texts_sent(emulator)
 
 
-async def test_silence_reprompts_then_ends_the_call_politely() -> None:
+async def test_silence_reprompts_then_ends_the_call_politely(tmp_path: Path) -> None:
     script = EmulatorScript(
         replies=[
             Reply.of("Are you still there?", Tone(500.0, 400, 0.3), trigger=Trigger.TEXT),
             Reply.of("Goodbye.", Tone(600.0, 400, 0.3), trigger=Trigger.TEXT),
         ]
     )
-    config = settings(silence_reprompt_s=1.0, silence_hang_up_s=3.0)
+    config = settings(
+        silence_reprompt_s=1.0, silence_hang_up_s=3.0, record="all", record_dir=tmp_path
+    )
     async with served(script, config) as (url, emulator, app):
         record, summary = await place(url, app, [Silence(30_000)])
+    # Replayed from its recording (at real time: silence is timed on the wall clock).
+    assert summary.recording is not None
+    fixture = CallFixture.load(summary.recording)
+    assert [t.trigger for t in fixture.model_turns] == ["text", "text"]
+    again = await replay.replay(fixture, speed="realtime", settings=config)
+    assert again.ok, again.report()
+    assert again.summary.end_reason is EndReason.SILENCE
     sent = texts_sent(emulator)
     assert any("still there" in t for t in sent) and any("goodbye" in t for t in sent)
     assert summary.end_reason is EndReason.SILENCE and summary.detail == "goodbye heard"
