@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A pseudo server message the link gives the recording tap when a session drops.
+CLOSED_MARKER = "phoneAgentConnectionClosed"
 # Caller audio quieter than this (RMS, dBFS) counts as silence when choosing a moment to switch.
 QUIET_DBFS = -45.0
 # A pause this long starts a new utterance; one this long after it, with no answer, forgets it.
@@ -203,6 +205,9 @@ class ModelLink:
             except gemini.ModelSessionClosed as exc:
                 if not started:
                     raise
+                if self._on_message is not None:
+                    # For call recordings: where the connection failed, so replays can fail it too.
+                    self._on_message({CLOSED_MARKER: {"code": exc.code}})
                 await self._send.send((number, _Dropped(exc)))
             finally:
                 self._sessions.pop(number, None)

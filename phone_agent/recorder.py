@@ -19,6 +19,7 @@ import anyio
 
 from phone_agent.fixture import CallFixture, Expectations, HeardRange, ModelTurn, TimedMessage
 from phone_agent.logs import mask_number
+from phone_agent.model_link import CLOSED_MARKER
 
 if TYPE_CHECKING:
     from phone_agent.bridge import CallSummary
@@ -129,6 +130,13 @@ class CallRecorder:
             turns.append(ModelTurn(trigger, messages))
 
         for t_ms, message in self._model:
+            if CLOSED_MARKER in message:
+                if current:  # the connection failed mid-turn: the turn ends there
+                    current.append((t_ms, message))
+                    close()
+                    current = []
+                    boundary = t_ms
+                continue
             if not (_TURN_KEYS & message.keys()) and _SESSION_KEYS & message.keys():
                 continue  # goAway, resumption handles: kept in session_events only
             if not (_TURN_KEYS & message.keys()) and not current:

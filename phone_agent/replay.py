@@ -32,6 +32,7 @@ from phone_agent.bridge import CallSummary
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import (
+    Close,
     EmulatorScript,
     GeminiEmulator,
     GoAway,
@@ -41,6 +42,7 @@ from phone_agent.emulator import (
 )
 from phone_agent.emulator.vad import EnergyVad, SpeechEnded
 from phone_agent.fixture import CallFixture, Expectations
+from phone_agent.model_link import CLOSED_MARKER
 from phone_agent.simulator import (
     CallerStep,
     CallRecord,
@@ -133,13 +135,17 @@ def emulator_script(fixture: CallFixture) -> EmulatorScript:
     """The fixture's model side: one reply per recorded turn, plus the recorded `goAway`."""
     # A turn recorded as interrupted stops where the caller cut in; `Recorded` keeps such a turn
     # "generating" until the replayed caller cuts in again.
-    replies = [
-        Reply(
-            steps=[Recorded([(m.t_ms, m.message) for m in turn.messages])],
-            trigger=Trigger(turn.trigger),
-        )
-        for turn in fixture.model_turns
-    ]
+    replies = []
+    for turn in fixture.model_turns:
+        messages = [(m.t_ms, m.message) for m in turn.messages if CLOSED_MARKER not in m.message]
+        steps: list[Recorded | Close] = [Recorded(messages)]
+        closed = [m for m in turn.messages if CLOSED_MARKER in m.message]
+        if closed:
+            # The recorded connection failed here: fail the replayed one the same way.
+            info = closed[0].message[CLOSED_MARKER]
+            code = info.get("code") if isinstance(info, Mapping) else None
+            steps.append(Close(code if isinstance(code, int) else 1011))
+        replies.append(Reply(steps=steps, trigger=Trigger(turn.trigger)))
     go_away = None
     for event in fixture.session_events:
         body = event.message.get("goAway") or event.message.get("go_away")

@@ -411,3 +411,41 @@ async def test_session_opened_while_the_phone_rings_is_adopted_by_the_stream() -
     assert len(emulator.sessions) == 1  # the stream opened no session of its own
     assert texts_sent(emulator).count("Greet the caller.") == 1
     assert summary.tracker is not None and summary.tracker.turns[0].fully_heard
+
+
+async def test_a_recorded_1011_drop_replays_and_recovers_again(tmp_path: Path) -> None:
+    script = EmulatorScript(
+        replies=[
+            Reply.of("Hello.", Tone(700.0, 600, 0.3), input_transcript="hi"),
+            Reply(
+                steps=[Say("Your order has", Tone(1000.0, 900, 0.3)), Close(1011)],
+                input_transcript="where is my order",
+            ),
+            Reply.of("shipped on Monday.", Tone(600.0, 900, 0.3), trigger=Trigger.TEXT),
+        ]
+    )
+    config = settings(record="all", record_dir=tmp_path)
+    async with served(script, config, speed=1.0) as (url, emulator, app):
+        record, summary = await place(
+            url,
+            app,
+            [
+                CallerSay(caller_tone(300.0, 500)),
+                WaitForAgentAudio(min_ms=500),
+                WaitForAgentSilence(ms=300),
+                CallerSay(caller_tone(300.0, 600)),
+                WaitForAgentAudio(min_ms=1600),
+                WaitForAgentSilence(ms=400),
+                HangUp(),
+            ],
+        )
+    record.assert_clean()
+    assert summary.reconnects == 1 and emulator.sessions[0].close_code == 1011
+    assert any("connection dropped" in t for t in summary.model_texts)
+    assert summary.recording is not None
+    fixture = CallFixture.load(summary.recording)
+    assert [t.trigger for t in fixture.model_turns] == ["speech_end", "speech_end", "text"]
+    again = await replay.replay(fixture, settings=config)
+    assert again.ok, again.report()
+    assert again.summary.reconnects == 1
+    assert any("connection dropped" in t for t in again.summary.model_texts)

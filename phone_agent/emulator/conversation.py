@@ -154,6 +154,7 @@ class Conversation:
         self._script = script
         self._options = options
         self._handles = handles
+        self._issued_handles: list[str] = []
         self._notify = notify
         self._setup: SetupInfo | None = None
         self._vad: EnergyVad | None = None
@@ -463,6 +464,10 @@ class Conversation:
                         await pacer.until(position)
                     case Close(code, reason):
                         await pacer.until(position)
+                        # The reply cut by the failure is spent: a client resuming with any handle
+                        # this connection issued goes on with the next reply, as a script would.
+                        for handle in self._issued_handles:
+                            self._handles[handle] = self._cursor
                         await self.close(code, reason)
                         raise _Stop
             at = pacer.check()
@@ -620,6 +625,7 @@ class Conversation:
         if setup.resumption and self._script.resumption_updates:
             handle = f"emu-{self.record.id}-{self._turns}-{secrets.token_hex(4)}"
             self._handles[handle] = self._cursor
+            self._issued_handles.append(handle)
             message = protocol.resumption_update(handle)
             await self._send("sessionResumptionUpdate", message, at=at)
 
