@@ -173,7 +173,7 @@ def delay_ms(make: Callable[[], Resampler], in_rate: int, out_rate: int) -> tupl
         fed += len(frame) // 2
         held.append(fed / in_rate - emitted / out_rate)
     lag = 1000 * (np.array(held) + group_delay_s(make, in_rate, out_rate))
-    return float(lag.mean()), float(lag.max())
+    return float(np.mean(lag)), float(np.max(lag))
 
 
 def snr_db(out: Array, freq: float, rate: int) -> float:
