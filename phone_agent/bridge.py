@@ -155,6 +155,10 @@ class CallSummary:
     dropped_audio_chunks: int = 0
     caller_transcript: list[str] = field(default_factory=list)
     agent_transcript: list[str] = field(default_factory=list)
+    """Every word the model produced, heard or not."""
+    transcript: list[tuple[str, str]] = field(default_factory=list)
+    """The conversation as the caller lived it: ("caller", text) and ("agent", text), where an
+    agent turn cut by a barge-in holds only the words the caller heard (marked "…")."""
     usage: list[gemini.Usage] = field(default_factory=list)
     tracker: PlaybackTracker | None = None
 
@@ -285,7 +289,14 @@ class CallBridge:
                 if self.prewarm is not None and not notes:
                     warm = await self.prewarm.take(start.call_sid)
                 summary.prewarmed = warm is not None
-                await link.open(warm)
+                try:
+                    await link.open(warm)
+                except gemini.ModelSessionClosed as exc:
+                    # Closing the stream hands the call back to Twilio, which asks
+                    # /twilio/stream-ended what to do: an apology, never dead air.
+                    self._end(EndReason.MODEL_UNAVAILABLE, str(exc))
+                    group.cancel_scope.cancel()
+                    return summary
                 if warm is not None and warm.greeted:
                     summary.model_texts.append(self.options.greeting)
                     if self.recorder is not None:
@@ -426,6 +437,7 @@ class CallBridge:
                 if cut is not None:
                     # Gemini keeps the whole answer in its history; tell it what was heard.
                     heard = self._turn_text.heard(cut.heard_ms)
+                    self.summary.transcript.append(("agent", heard + " …" if heard else "…"))
                     note = interrupted_note(heard)
                     self.summary.model_texts.append(note)
                     await link.send_context(note)
@@ -436,6 +448,8 @@ class CallBridge:
             elif isinstance(event, Resumed):
                 if event.mid_turn:
                     heard = self._turn_text.heard(self._heard_of_current())
+                    self.summary.transcript.append(("agent", heard + " …" if heard else "…"))
+                    self._turn_text = TurnTranscript()
                     await self._end_turn()
                     await self._send_text(resumed_note(heard))
             elif isinstance(event, HandedOver):
@@ -453,14 +467,18 @@ class CallBridge:
             elif isinstance(event, gemini.OutputTranscript):
                 self.summary.agent_transcript.append(event.text)
                 current = self.tracker.current
-                self._turn_text.add(current.sent_ms if current else 0.0, event.text)
+                if self.tracker.accepts_audio():  # not the words of a cut-off answer
+                    self._turn_text.add(current.sent_ms if current else 0.0, event.text)
             elif isinstance(event, gemini.InputTranscript):
                 self.summary.caller_transcript.append(event.text)
+                self.summary.transcript.append(("caller", event.text))
             elif isinstance(event, gemini.Usage):
                 self.summary.usage.append(event)
         self._end(EndReason.MODEL_CLOSED, "event stream ended")
 
     async def _end_turn(self) -> None:
+        if self._turn_text.pieces:
+            self.summary.transcript.append(("agent", self._turn_text.text()))
         if self.tracker.accepts_audio():
             await self._play(self.downlink.flush())
         else:

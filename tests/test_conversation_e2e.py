@@ -341,8 +341,10 @@ async def test_after_a_barge_in_the_model_is_told_what_was_heard() -> None:
     [note] = [t for t in texts_sent(emulator) if t.startswith("[The caller interrupted")]
     [heard] = summary.honest_notes
     assert heard and heard in note and long_answer.startswith(heard.split(" «")[0][:20])
-    # Only what was heard: far less than the whole answer.
+    # Only what was heard: far less than the whole answer; and so in the call's transcript.
     assert len(heard) < len(long_answer) / 2
+    agent_turns = [text for who, text in summary.transcript if who == "agent"]
+    assert agent_turns[0] == heard + " …" and agent_turns[1] == "Sure."
 
 
 async def test_caller_memory_is_given_to_the_model_at_session_start(tmp_path: Path) -> None:
@@ -449,3 +451,79 @@ async def test_a_recorded_1011_drop_replays_and_recovers_again(tmp_path: Path) -
     assert again.ok, again.report()
     assert again.summary.reconnects == 1
     assert any("connection dropped" in t for t in again.summary.model_texts)
+
+
+async def test_maximum_call_length_ends_with_a_spoken_goodbye() -> None:
+    script = EmulatorScript(
+        replies=[
+            Reply.of("Sorry, we have to stop here.", Tone(600.0, 500, 0.3), trigger=Trigger.TEXT)
+        ]
+    )
+    async with served(script, settings(max_call_s=1.0)) as (url, _emulator, app):
+        record, summary = await place(url, app, [Silence(30_000)])
+    assert any("time limit" in t for t in summary.model_texts)
+    assert summary.end_reason is EndReason.MAX_DURATION and summary.detail == "goodbye heard"
+    assert record.heard_ms >= 480 and not record.close.by_caller
+
+
+def test_unreachable_model_gets_an_apology_and_a_transfer_never_dead_air() -> None:
+    from starlette.testclient import TestClient
+    from twilio.request_validator import RequestValidator
+
+    from phone_agent.gemini import ModelSessionClosed
+
+    @asynccontextmanager
+    async def unreachable(**_: object) -> AsyncIterator[object]:
+        raise ModelSessionClosed(1011, "service unavailable")
+        yield  # pragma: no cover
+
+    public = "https://agent.example.com"
+    call_sid = "CA" + secrets.token_hex(16)
+    config = settings(
+        twilio_auth_token=TOKEN, public_url=public, transfer_number="+15557654321", prewarm=False
+    )
+    app = create_app(config, connect_model=unreachable, keep_summaries=2)  # type: ignore[arg-type]
+    validator = RequestValidator(TOKEN)
+    form = {"CallSid": call_sid, "From": "+15550001111"}
+    with TestClient(app) as client:
+        voice = client.post(
+            "/twilio/voice",
+            data=form,
+            headers={
+                "X-Twilio-Signature": validator.compute_signature(public + "/twilio/voice", form)
+            },
+        )
+        connect = ET.fromstring(voice.text).find("Connect")
+        assert connect is not None and connect.get("action") == public + "/twilio/stream-ended"
+        stream = connect.find("Stream")
+        assert stream is not None
+        params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        start = {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": "MZ" + call_sid[2:],
+            "start": {
+                "accountSid": ACCOUNT,
+                "streamSid": "MZ" + call_sid[2:],
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+        with client.websocket_connect("/twilio/media") as ws:
+            ws.send_json(start)
+            closed = ws.receive()
+        assert closed["type"] == "websocket.close"
+        ended = public + "/twilio/stream-ended"
+        after = client.post(
+            "/twilio/stream-ended",
+            data=form,
+            headers={"X-Twilio-Signature": validator.compute_signature(ended, form)},
+        )
+    twiml = ET.fromstring(after.text)
+    say, dial = twiml.find("Say"), twiml.find("Dial")
+    assert say is not None and "not available" in (say.text or "")
+    assert dial is not None and dial.text == "+15557654321"
+    summary = app.state.phone_agent.summaries[-1]
+    assert summary.end_reason is EndReason.MODEL_UNAVAILABLE
