@@ -32,6 +32,7 @@ from phone_agent.call_control import CallControl, TwilioCallControl
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
 from phone_agent.gemini import GeminiConnector
+from phone_agent.limits import CallLimits, Counters, MemoryCounters, RedisCounters
 from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.model_link import ModelConnect
 from phone_agent.orders.store import OrderStore
@@ -188,6 +189,15 @@ def create_app(
     ones are added to it. Raises `ConfigError` for unusable settings.
     """
     tooling = build_tooling(settings, registry)
+    counters: Counters = (
+        RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+    )
+    limits = CallLimits(
+        counters,
+        per_number_per_minute=settings.rate_limit_per_number,
+        per_address_per_minute=settings.rate_limit_per_address,
+        max_concurrent_calls=settings.max_concurrent_calls,
+    )
     nonces: NonceStore = (
         RedisNonceStore(settings.redis_url) if settings.redis_url else MemoryNonceStore()
     )
@@ -229,6 +239,8 @@ def create_app(
             stack.push_async_callback(tooling.engine.dispose)
             if isinstance(nonces, RedisNonceStore):
                 stack.push_async_callback(nonces.aclose)
+            if isinstance(counters, RedisCounters):
+                stack.push_async_callback(counters.aclose)
             if settings.twilio_account_sid and settings.twilio_auth_token:
                 control = TwilioCallControl(
                     settings.twilio_account_sid,
@@ -283,6 +295,15 @@ def create_app(
             return PlainTextResponse("Forbidden", status_code=403)
         stream_url = settings.media_stream_url()
         assert stream_url is not None and settings.public_url is not None
+        exceeded = await limits.check(
+            number=form.get("From"),
+            address=request.client.host if request.client else None,
+            active_calls=state.active_calls,
+        )
+        if exceeded is not None:
+            webhook.log_webhook(form, f"turned away: {exceeded.reason}")
+            twiml = webhook.busy_twiml(settings.busy_message, settings.overflow_number)
+            return Response(twiml, media_type=TWIML)
         webhook.log_webhook(form, "connected")
         if state.prewarm is not None:
             state.prewarm.start(form.get("CallSid", ""))

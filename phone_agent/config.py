@@ -120,6 +120,26 @@ class Settings(BaseSettings):
         description="Redis for state shared by replicas (single-use stream tokens), e.g. "
         "redis://127.0.0.1:6379/0. Unset: in-process.",
     )
+    rate_limit_per_number: int = Field(
+        default=5, ge=0, description="Calls per minute from one number (0: no limit)."
+    )
+    rate_limit_per_address: int = Field(
+        default=120,
+        ge=0,
+        description="Webhook requests per minute from one source address (0: no limit).",
+    )
+    max_concurrent_calls: int = Field(
+        default=50, ge=0, description="Calls one process carries at once (0: no limit)."
+    )
+    overflow_number: str | None = Field(
+        default=None,
+        description="Over a limit, callers are put through here (E.164) instead of hearing the "
+        "busy message.",
+    )
+    busy_message: str = Field(
+        default="Sorry, all our lines are busy right now. Please call back in a few minutes.",
+        description="What callers hear when a limit turns them away.",
+    )
     start_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="Seconds a media socket may take to send `start`."
     )
@@ -179,7 +199,7 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("transfer_number")
+    @field_validator("transfer_number", "overflow_number")
     @classmethod
     def _check_transfer_number(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -61,10 +61,14 @@ def hang_up_twiml() -> str:
     return str(response)
 
 
-def busy_twiml(message: str) -> str:
+def busy_twiml(message: str, overflow_number: str | None = None) -> str:
+    """Turned away at the door: a polite message, then a hang-up or the overflow number."""
     response = VoiceResponse()
     response.say(message)
-    response.hangup()
+    if overflow_number:
+        response.dial(overflow_number)
+    else:
+        response.hangup()
     return str(response)
 
 
