@@ -224,6 +224,7 @@ def create_app(
         silence_reprompt_s=settings.silence_reprompt_s,
         silence_hang_up_s=settings.silence_hang_up_s,
         max_call_s=settings.max_call_s,
+        max_unheard_s=settings.max_unheard_s,
     )
     recording = (
         RecordingPolicy(

@@ -77,6 +77,7 @@ class EndReason(enum.Enum):
     TRANSFERRED = "transferred"
     SILENCE = "silence"
     MAX_DURATION = "max_duration"
+    PLAYBACK_STALLED = "playback_stalled"
     CALLER_DISCONNECT = "caller_disconnect"
     START_TIMEOUT = "start_timeout"
     PROTOCOL_ERROR = "protocol_error"
@@ -117,6 +118,9 @@ class CallOptions:
     max_call_s: float = 0.0
     dtmf_pause_s: float = 1.5
     goodbye_timeout_s: float = 15.0
+    max_unheard_s: float = 90.0
+    """A phone that has not confirmed this much audio is not playing it (stopped reading): the
+    call ends instead of buffering without bound."""
     retry_delays_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 
 
@@ -524,6 +528,11 @@ class CallBridge:
                 self._start_ending(EndReason.SILENCE, SILENCE_GOODBYE)
             if self.options.max_call_s and now - started >= self.options.max_call_s:
                 self._start_ending(EndReason.MAX_DURATION, MAX_DURATION_GOODBYE)
+            if self.tracker.unheard_ms() > self.options.max_unheard_s * 1000.0:
+                self._end(EndReason.PLAYBACK_STALLED, "the phone stopped confirming playback")
+                assert self._group is not None
+                self._group.cancel_scope.cancel()
+                return
 
     def _start_ending(
         self, reason: EndReason, goodbye: str | None, transfer_to: str | None = None

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         description="Redis for state shared by replicas (single-use stream tokens), e.g. "
         "redis://127.0.0.1:6379/0. Unset: in-process.",
     )
+    max_unheard_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="A phone that has not confirmed this much agent audio as played has stopped "
+        "reading: the call ends rather than buffering without bound.",
+    )
     rate_limit_per_number: int = Field(
         default=5, ge=0, description="Calls per minute from one number (0: no limit)."
     )

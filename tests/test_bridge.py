@@ -344,3 +344,18 @@ def test_tool_calls_are_answered_and_cancelled_ones_are_not() -> None:
 def test_unknown_enabled_tool_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="PHONE_AGENT_TOOLS"):
         create_app(Settings(tools=["no_such_tool"]), connect_model=FakeModel().connect)
+
+
+def test_a_phone_that_stops_playing_ends_the_call_instead_of_buffering() -> None:
+    # The model keeps talking; the phone never echoes a mark (it stopped reading).
+    model = FakeModel(script=[(640, gemini.ModelAudio(tone24k(1000))) for _ in range(8)])
+    settings = Settings(max_unheard_s=5.0, silence_reprompt_s=0, silence_hang_up_s=0)
+    client = TestClient(create_app(settings, connect_model=model.connect, keep_summaries=1))
+    with client, client.websocket_connect("/twilio/media") as ws:
+        ws.send_text(start_msg(client))
+        ws.send_text(media_msg(2))
+        with pytest.raises(WebSocketDisconnect):
+            while True:  # drain what was sent, without ever echoing a mark
+                ws.receive_text()
+    summary = client.app.state.phone_agent.summaries[-1]  # type: ignore[attr-defined]
+    assert summary.end_reason.value == "playback_stalled"
