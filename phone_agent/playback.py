@@ -85,6 +85,8 @@ class PlaybackTracker:
         self._generation = 0
         self._marked_ms = 0.0
         self._discarding = False
+        self._issued: dict[str, float] = {}
+        """Marks sent and not yet echoed: only these can confirm playback."""
 
     @property
     def current(self) -> TurnPlayback | None:
@@ -146,13 +148,14 @@ class PlaybackTracker:
 
     def on_mark(self, name: str, now: float) -> MarkOutcome | None:
         """A mark echo from Twilio. Returns what it confirmed, or None for stale or foreign ones."""
+        cumulative = self._issued.pop(name, None)
         match = _MARK_NAME.fullmatch(name)
-        if match is None:
-            return None
+        if cumulative is None or match is None:
+            return None  # never sent, or echoed twice
         turn = self._by_generation.get(int(match.group(1)))
         if turn is None or turn.cleared:
             return None
-        cumulative_ms = float(match.group(3))
+        cumulative_ms = cumulative
         if cumulative_ms <= turn.heard_ms and turn.first_heard_at is not None:
             return None
         first = turn.first_heard_at is None
@@ -177,4 +180,6 @@ class PlaybackTracker:
     def _mark(self, turn: TurnPlayback) -> SendMark:
         turn.marks_sent += 1
         self._marked_ms = turn.sent_ms
-        return SendMark(f"g{turn.generation}:m{turn.marks_sent}:{round(turn.sent_ms)}")
+        name = f"g{turn.generation}:m{turn.marks_sent}:{round(turn.sent_ms)}"
+        self._issued[name] = float(round(turn.sent_ms))
+        return SendMark(name)

@@ -104,7 +104,8 @@ def _str(message: dict[str, Any], key: str, what: str, *, max_len: int = 256) ->
 def _int_str(message: dict[str, Any], key: str, what: str) -> int:
     # Twilio sends sequenceNumber, chunk and timestamp as decimal strings.
     value = message.get(key)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+    # isascii(): str.isdigit() also accepts "²" and other digits int() refuses.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value

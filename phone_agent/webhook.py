@@ -72,13 +72,26 @@ def busy_twiml(message: str, overflow_number: str | None = None) -> str:
     return str(response)
 
 
+def xml_safe(value: str, limit: int = 128) -> str:
+    """Characters XML 1.0 cannot carry (controls, lone surrogates) removed; length bounded."""
+    kept = (
+        ch
+        for ch in value
+        if ch in "\t\n\r"
+        or ("\x20" <= ch <= "\ud7ff")
+        or ("\ue000" <= ch <= "\ufffd")
+        or ("\U00010000" <= ch <= "\U0010ffff")
+    )
+    return "".join(kept)[:limit]
+
+
 def call_parameters(form: dict[str, str]) -> dict[str, str]:
-    """What the media stream learns about the call, from the webhook's form."""
-    params = {"call_sid": form.get("CallSid", "")}
+    """What the media stream learns about the call, from the webhook's form (XML-safe)."""
+    params = {"call_sid": xml_safe(form.get("CallSid", ""))}
     if form.get("From"):
-        params["from"] = form["From"]
+        params["from"] = xml_safe(form["From"])
     if form.get("To"):
-        params["to"] = form["To"]
+        params["to"] = xml_safe(form["To"])
     return params
 
 
