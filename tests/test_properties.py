@@ -183,16 +183,24 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
             yield from _paths(child, (*path, index))
 
 
+NUMERIC_KEYS = frozenset({"sequenceNumber", "chunk", "timestamp", "sampleRate", "channels"})
+
+
 @st.composite
-def near_valid_messages(draw: st.DrawFn, marker: str) -> str:
-    """A valid message with 0-3 mutations (replace / delete / add a field), as JSON text, now
+def near_valid_messages(
+    draw: st.DrawFn,
+    marker: str,
+    kinds: tuple[str, ...] = MESSAGE_KINDS,
+    mutations: tuple[int, int] = (0, 3),
+) -> str:
+    """A valid message with some mutations (replace / delete / add a field), as JSON text, now
     and then truncated or padded with junk. `marker` is planted in values it may reach."""
-    kind = draw(st.sampled_from(MESSAGE_KINDS))
+    kind = draw(st.sampled_from(kinds))
     message: Any = _template(kind, draw, marker)
     weird = st.one_of(json_values, numberish, marked(marker))
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.integers(*mutations))):
         path = draw(st.sampled_from(list(_paths(message))))
-        op = draw(st.sampled_from(["replace", "delete", "add"]))
+        op = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
         if not path:
             if op == "replace":
                 message = draw(weird)
@@ -203,7 +211,9 @@ def near_valid_messages(draw: st.DrawFn, marker: str) -> str:
         for key in path[:-1]:
             parent = parent[key]
         if op == "replace":
-            parent[path[-1]] = draw(weird)
+            # Numeric fields mostly get numeric-looking values: that is where parsers slip.
+            numeric = path[-1] in NUMERIC_KEYS and draw(st.integers(0, 3))
+            parent[path[-1]] = draw(numberish if numeric else weird)
         elif op == "delete":
             del parent[path[-1]]
         else:
@@ -311,6 +321,19 @@ def test_receive_is_total_safe_and_follows_the_state_machine(
         items = [_valid("connected", data, marker), _valid("start", data, marker), *items]
     for item in items:
         feed(stream, model, item, marker)
+
+
+@PROTOCOL_SETTINGS
+@given(data=st.data(), marker=markers)
+def test_each_mutated_field_is_parsed_or_refused_safely(data: st.DataObject, marker: str) -> None:
+    """Denser than the sequence test: one message with 1-2 mutations, in the state that parses
+    all of its fields (`start` on a fresh stream, the others on a started one)."""
+    stream, model = TwilioStream(), ProtocolModel()
+    kind = data.draw(st.sampled_from(MESSAGE_KINDS))
+    if kind not in ("start", "connected"):
+        feed(stream, model, _valid("start", data, marker), marker)
+    mutated = near_valid_messages(marker, kinds=(kind,), mutations=(1, 2))
+    feed(stream, model, data.draw(mutated), marker)
 
 
 @PROTOCOL_SETTINGS
