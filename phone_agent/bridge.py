@@ -233,6 +233,7 @@ class CallBridge:
         self._group: anyio.abc.TaskGroup | None = None
         self.link: ModelLink | None = None
         self._turn_text = TurnTranscript()
+        self._last_turn_text = TurnTranscript()
         self._dtmf = DtmfBuffer(pause_s=options.dtmf_pause_s)
         self._silence = SilenceWatch(
             reprompt_s=options.silence_reprompt_s,
@@ -474,13 +475,30 @@ class CallBridge:
                 if self.tracker.accepts_audio():  # not the words of a cut-off answer
                     self._turn_text.add(current.sent_ms if current else 0.0, event.text)
             elif isinstance(event, gemini.InputTranscript):
+                await self._caller_spoke_over_playback(link)
                 self.summary.caller_transcript.append(event.text)
                 self.summary.transcript.append(("caller", event.text))
             elif isinstance(event, gemini.Usage):
                 self.summary.usage.append(event)
         self._end(EndReason.MODEL_CLOSED, "event stream ended")
 
+    async def _caller_spoke_over_playback(self, link: ModelLink) -> None:
+        """Barge-in over an answer Gemini had finished generating but the phone still plays."""
+        commands, cut = self.tracker.on_talked_over(self.clock())
+        if cut is None:
+            return
+        self.downlink.reset()
+        await self._execute(commands)
+        heard = self._last_turn_text.heard(cut.heard_ms)
+        self.summary.honest_notes.append(heard)
+        if self.summary.transcript and self.summary.transcript[-1][0] == "agent":
+            self.summary.transcript[-1] = ("agent", heard + " …" if heard else "…")
+        note = interrupted_note(heard)
+        self.summary.model_texts.append(note)
+        await link.send_context(note)
+
     async def _end_turn(self) -> None:
+        self._last_turn_text = self._turn_text
         if self._turn_text.pieces:
             self.summary.transcript.append(("agent", self._turn_text.text()))
         if self.tracker.accepts_audio():

@@ -14,6 +14,9 @@ which of the two happened. So:
   network round trip.
 - Audio of the interrupted generation that the model still sends after `interrupted` (until its
   `turnComplete`) is dropped: `accepts_audio()` is False in that window.
+- Gemini generates faster than real time, so an answer may be fully generated while the phone
+  still plays it; the caller talking over it then produces no `interrupted`. The bridge reports
+  the caller's speech (Gemini's input transcription) with `on_talked_over`, which clears the rest.
 
 The tracker does no I/O and reads no clock: callers pass `now` (seconds, monotonic) and act on the
 returned commands.
@@ -145,6 +148,20 @@ class PlaybackTracker:
         for t in pending:
             t.cleared = True
         return [SendClear()]
+
+    def on_talked_over(self, now: float) -> tuple[list[Command], TurnPlayback | None]:
+        """The caller spoke while a *finished* answer was still playing (Gemini had generated it
+        all, so it sends no `interrupted`): clear what is left of it. Returns the commands and the
+        cut turn. Audio of the model's next turn is accepted as usual."""
+        if self._current is not None:
+            return [], None
+        pending = [t for t in self.turns if not t.cleared and t.unheard_ms >= _ROUNDING_MS]
+        if not pending:
+            return [], None
+        for t in pending:
+            t.cleared = True
+            t.interrupted = True
+        return [SendClear()], pending[-1]
 
     def on_mark(self, name: str, now: float) -> MarkOutcome | None:
         """A mark echo from Twilio. Returns what it confirmed, or None for stale or foreign ones."""

@@ -528,3 +528,36 @@ def test_unreachable_model_gets_an_apology_and_a_transfer_never_dead_air() -> No
     assert dial is not None and dial.text == "+15557654321"
     summary = app.state.phone_agent.summaries[-1]
     assert summary.end_reason is EndReason.MODEL_UNAVAILABLE
+
+
+async def test_talking_over_an_answer_gemini_already_finished_clears_it() -> None:
+    # speed=8: the 5 s answer is generated in well under a second, so no `interrupted` comes;
+    # the caller's speech (its input transcription) must still stop the stale answer.
+    script = EmulatorScript(
+        replies=[
+            Reply.of("A long answer " * 6, Tone(1000.0, 5000, 0.3), input_transcript="tell me"),
+            Reply.of("Sure.", Tone(600.0, 500, 0.3), input_transcript="stop"),
+        ]
+    )
+    async with served(script, settings(), speed=8.0) as (url, emulator, app):
+        record, summary = await place(
+            url,
+            app,
+            [
+                CallerSay(caller_tone(300.0, 600)),
+                WaitForAgentAudio(min_ms=1200),
+                CallerSay(caller_tone(300.0, 600)),
+                WaitForAgentAudio(min_ms=300),
+                WaitForAgentSilence(ms=300),
+                HangUp(),
+            ],
+        )
+    record.assert_clean()
+    assert not any(r.outcome.value == "interrupted" for r in emulator.sessions[0].replies)
+    [clear] = record.clears
+    after = record.heard_pcm16()[int(clear.t_ms * 8) :]
+    from .test_call_e2e import band_energy
+
+    assert band_energy(after, 8000, 1000.0) < 1e-4 * band_energy(after, 8000, 600.0)
+    assert summary.tracker is not None and summary.tracker.turns[0].interrupted
+    assert len(summary.honest_notes) == 1 and summary.honest_notes[0]

@@ -79,3 +79,23 @@ def test_foreign_or_unknown_marks_are_ignored(name: str) -> None:
     t = PlaybackTracker()
     t.on_audio_sent(40, now=0.0)
     assert t.on_mark(name, now=0.1) is None
+
+
+def test_talking_over_a_finished_answer_clears_the_rest_and_next_audio_plays() -> None:
+    t = PlaybackTracker()
+    t.on_audio_sent(40, now=0.0)
+    t.on_audio_sent(2000, now=0.1)
+    t.on_turn_complete(now=0.2)  # fully generated, still playing
+    t.on_mark("g1:m1:40", now=0.3)
+    commands, cut = t.on_talked_over(now=0.5)
+    assert commands == [SendClear()] and cut is t.turns[0]
+    assert cut.cleared and cut.interrupted and cut.heard_ms == 40
+    assert t.accepts_audio()  # the model's next answer is not dropped
+    assert t.on_talked_over(now=0.6) == ([], None)  # nothing left to clear
+    assert names(t.on_audio_sent(20, now=0.7)) == ["g2:m1:20"]
+
+
+def test_talking_while_the_model_generates_is_left_to_interrupted() -> None:
+    t = PlaybackTracker()
+    t.on_audio_sent(400, now=0.0)
+    assert t.on_talked_over(now=0.1) == ([], None)

@@ -95,8 +95,11 @@ numberish = st.one_of(
     st.floats(),  # NaN and infinities serialise to non-JSON tokens
     st.booleans(),
     st.from_regex(r"-?[0-9]{1,16}(\.[0-9])?", fullmatch=True),
-    # Unicode decimals (int() takes them), and digits int() refuses although isdigit() holds.
-    st.text("0123456789٠١٢٣٤٥٦٧٨٩²①+-_.e ", min_size=1, max_size=6),
+    st.text("0123456789+-_.e ", min_size=1, max_size=6),
+    # Unicode numerics: decimals other than 0-9 (int() takes them), and '²', '①', 'Ⅻ'... (it
+    # does not, although str.isdigit() holds for some).
+    st.text(st.characters(categories=("Nd", "No", "Nl")), min_size=1, max_size=4),
+    st.text("0123456789٣۵߂²³¹₂①⑨", min_size=1, max_size=4),  # digit look-alikes
 )
 
 
@@ -173,6 +176,12 @@ def _template(kind: str, draw: st.DrawFn, marker: str) -> dict[str, Any]:
     return {"event": draw(texts), "sequenceNumber": seq, "streamSid": STREAM_SID, marker: marker}
 
 
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
 def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     yield path
     if isinstance(value, dict):
@@ -199,7 +208,12 @@ def near_valid_messages(
     message: Any = _template(kind, draw, marker)
     weird = st.one_of(json_values, numberish, marked(marker))
     for _ in range(draw(st.integers(*mutations))):
-        path = draw(st.sampled_from(list(_paths(message))))
+        paths = list(_paths(message))
+        leaves = [p for p in paths if p and not isinstance(_at(message, p), dict | list)]
+        numeric = [p for p in leaves if p[-1] in NUMERIC_KEYS]
+        where = draw(st.sampled_from(["numeric", "leaf", "leaf", "anywhere"]))
+        pool = {"numeric": numeric, "leaf": leaves}.get(where) or paths
+        path = draw(st.sampled_from(pool))
         op = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
         if not path:
             if op == "replace":
@@ -207,13 +221,17 @@ def near_valid_messages(
             elif isinstance(message, dict):
                 message[draw(texts)] = draw(weird)
             continue
-        parent = message
-        for key in path[:-1]:
-            parent = parent[key]
+        parent = _at(message, path[:-1])
         if op == "replace":
-            # Numeric fields mostly get numeric-looking values: that is where parsers slip.
-            numeric = path[-1] in NUMERIC_KEYS and draw(st.integers(0, 3))
-            parent[path[-1]] = draw(numberish if numeric else weird)
+            # Numeric fields mostly get numeric-looking values, strings mostly the marker: that
+            # is where parsers slip, and where an error message might quote the input.
+            original = parent[path[-1]]
+            if path[-1] in NUMERIC_KEYS and draw(st.integers(0, 3)):
+                parent[path[-1]] = draw(numberish)
+            elif isinstance(original, str) and draw(st.integers(0, 2)):
+                parent[path[-1]] = draw(marked(marker))
+            else:
+                parent[path[-1]] = draw(weird)
         elif op == "delete":
             del parent[path[-1]]
         else:
