@@ -62,9 +62,11 @@ MESSAGE_KINDS = (*EVENT_NAMES, "media", "media", "mark", "unknown")
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-PROTOCOL_SETTINGS = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+
+def protocol_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
 
 
 texts = st.text(max_size=12)
@@ -328,7 +330,7 @@ def feed(stream: TwilioStream, model: ProtocolModel, data: str | bytes, marker: 
     return event
 
 
-@PROTOCOL_SETTINGS
+@protocol_settings(250)
 @given(data=st.data(), marker=markers)
 def test_receive_is_total_safe_and_follows_the_state_machine(
     data: st.DataObject, marker: str
@@ -341,7 +343,7 @@ def test_receive_is_total_safe_and_follows_the_state_machine(
         feed(stream, model, item, marker)
 
 
-@PROTOCOL_SETTINGS
+@protocol_settings(600)
 @given(data=st.data(), marker=markers)
 def test_each_mutated_field_is_parsed_or_refused_safely(data: st.DataObject, marker: str) -> None:
     """Denser than the sequence test: one message with 1-2 mutations, in the state that parses
@@ -354,7 +356,7 @@ def test_each_mutated_field_is_parsed_or_refused_safely(data: st.DataObject, mar
     feed(stream, model, data.draw(mutated), marker)
 
 
-@PROTOCOL_SETTINGS
+@protocol_settings(120)
 @given(data=st.data(), marker=markers)
 def test_after_stop_everything_is_refused_and_start_comes_once(
     data: st.DataObject, marker: str
@@ -487,7 +489,7 @@ PUBLIC = "https://agent.example.com"
 VOICE = "/twilio/voice"
 TWIML_FIELDS = ("CallSid", "From", "To")  # the form fields that end up in the TwiML
 WEBHOOK_SETTINGS = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -637,6 +639,7 @@ operations = st.lists(
         st.tuples(st.just("audio"), audio_ms),
         st.tuples(st.just("complete"), st.none()),
         st.tuples(st.just("interrupted"), st.none()),
+        st.tuples(st.just("talked_over"), st.none()),
         st.tuples(st.just("echo"), st.integers(0, 10**6)),
         st.tuples(st.just("echo"), st.integers(0, 10**6)),
         st.tuples(st.just("garbage"), garbage_names),
@@ -645,7 +648,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(ops=operations, interval=st.sampled_from([20.0, 100.0, 250.0]))
 def test_playback_tracker_invariants(ops: list[tuple[str, Any]], interval: float) -> None:
     tracker = PlaybackTracker(mark_interval_ms=interval)
@@ -662,7 +665,7 @@ def test_playback_tracker_invariants(ops: list[tuple[str, Any]], interval: float
                 assert _MARK_NAME.fullmatch(command.name)
                 issued.append(command.name)
             else:
-                assert op == "interrupted", "only a barge-in clears Twilio's buffer"
+                assert op in ("interrupted", "talked_over"), "only a barge-in clears the buffer"
         assert tracker.accepts_audio() is not discarding
         for turn in tracker.turns:
             assert 0.0 <= turn.heard_ms <= turn.sent_ms + ROUNDING_SLACK_MS, turn
@@ -690,6 +693,16 @@ def test_playback_tracker_invariants(ops: list[tuple[str, Any]], interval: float
         elif op == "interrupted":
             discarding = True
             check(tracker.on_interrupted(now), op)
+        elif op == "talked_over":
+            generating = tracker.current is not None
+            commands, cut = tracker.on_talked_over(now)
+            if generating:  # Gemini is still generating: its own `interrupted` will come
+                assert (commands, cut) == ([], None)
+            if cut is None:
+                assert commands == []
+            else:
+                assert commands == [SendClear()] and cut.cleared and cut.interrupted
+            check(commands, op)
         elif op == "echo":
             if not issued:
                 continue
