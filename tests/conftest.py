@@ -18,3 +18,31 @@ os.environ.pop("GEMINI_API_KEY", None)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+REDIS_URL = os.environ.get("PHONE_AGENT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def _ping_redis(url: str) -> None:
+    from redis import asyncio as redis_asyncio
+
+    client = redis_asyncio.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for the tests of state shared by replicas: must run in CI, skips visibly elsewhere."""
+    import anyio
+
+    try:
+        anyio.run(_ping_redis, REDIS_URL)
+    except Exception as exc:
+        message = f"Redis not reachable at {REDIS_URL}: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI is set: the Redis tests must run)", pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL
