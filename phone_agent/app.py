@@ -124,8 +124,11 @@ def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> T
     register_order_tools(registry, OrderStore(db.sessionmaker(engine)))
     register_call_tools(registry, transfer_number=settings.transfer_number)
     memory = None
-    if settings.memory:
-        memory = CallerMemory(db.sessionmaker(engine), ttl_days=settings.memory_ttl_days)
+    cipher = settings.data_cipher()
+    if settings.memory and cipher is not None:  # Settings requires the key with memory on
+        memory = CallerMemory(
+            db.sessionmaker(engine), cipher=cipher, ttl_days=settings.memory_ttl_days
+        )
         register_memory_tools(registry, memory)
     enabled = frozenset(settings.tools) | ({MEMORY_TOOL} if memory else frozenset())
     try:
@@ -148,7 +151,9 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
             from phone_agent.fixture import CallFixture
             from phone_agent.replay import emulator_script
 
-            script = emulator_script(CallFixture.load(settings.emulator_fixture))
+            script = emulator_script(
+                CallFixture.load(settings.emulator_fixture, cipher=settings.data_cipher())
+            )
             emulator = GeminiEmulator(script, speed=1.0, clock="audio", record_messages=False)
         else:
             emulator = GeminiEmulator(record_messages=False)
@@ -226,11 +231,12 @@ def create_app(
         max_call_s=settings.max_call_s,
         max_unheard_s=settings.max_unheard_s,
     )
+    cipher = settings.data_cipher()
     recording = (
         RecordingPolicy(
-            settings.record_dir, everyone=settings.record == "all", model=settings.model
+            settings.record_dir, cipher, everyone=settings.record == "all", model=settings.model
         )
-        if settings.record != "off"
+        if settings.record != "off" and cipher is not None
         else None
     )
 

@@ -357,7 +357,7 @@ class CallBridge:
             self.summary.call_sid, self.summary, {"model": self.recording.model}
         )
         try:
-            path = await self.recording.save(fixture)
+            path = await self.recording.save(fixture, self.context.caller_number)
         except OSError as exc:
             log.error("call recording not saved: %s", exc, extra={"event": "call.recording"})
             return

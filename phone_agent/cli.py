@@ -76,7 +76,10 @@ def emulator(
 
 @app.command()
 def replay(
-    fixtures: Annotated[list[Path], typer.Argument(help="Fixture files (.json or .json.gz).")],
+    fixtures: Annotated[
+        list[Path],
+        typer.Argument(help="Fixture files (.json, .json.gz, or recordings .json.gz.enc)."),
+    ],
     speed: Annotated[str, typer.Option(help="realtime, max, or a factor such as 4.")] = "max",
     url: Annotated[
         str | None,
@@ -98,9 +101,12 @@ def replay(
     configure_logging("WARNING", "text")
     factor: replaying.Speed | float = speed if speed in ("realtime", "max") else float(speed)  # type: ignore[assignment]
     failed = 0
+    cipher = None
+    if any(path.suffix == ".enc" for path in fixtures):
+        cipher = _settings().data_cipher()  # recordings of real calls are sealed
     for path in fixtures:
         try:
-            fixture = CallFixture.load(path)
+            fixture = CallFixture.load(path, cipher=cipher)
         except FixtureError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
@@ -145,28 +151,33 @@ def demo(
 
 @app.command()
 def forget(number: Annotated[str, typer.Argument(help="The caller's phone number.")]) -> None:
-    """Delete everything held about a caller (caller memory; not the business's orders)."""
+    """Delete everything held about a caller: notes and recordings (not the business's orders)."""
     import anyio
 
-    from phone_agent import db
-    from phone_agent.memory import CallerMemory
+    from phone_agent.erasure import forget_caller
     from phone_agent.orders.spoken import normalize_phone
 
     settings = _settings()
     if normalize_phone(number) is None:
         typer.echo(f"not a phone number: {number!r}", err=True)
         raise typer.Exit(2)
+    if settings.data_cipher() is None:
+        typer.echo(
+            "note: PHONE_AGENT_DATA_KEY is not set, so no notes or recordings can be held "
+            "(both require it); nothing to remove",
+            err=True,
+        )
+    report = anyio.run(forget_caller, settings, number)
+    for line in report.lines():
+        typer.echo(line)
 
-    async def run() -> int:
-        engine = db.create_engine(db.database_url(settings.database_url))
-        try:
-            await db.upgrade(engine)
-            return await CallerMemory(db.sessionmaker(engine)).forget(number)
-        finally:
-            await engine.dispose()
 
-    removed = anyio.run(run)
-    typer.echo(f"removed {removed} caller-memory note(s)")
+@app.command()
+def keygen() -> None:
+    """Print a new data key for PHONE_AGENT_DATA_KEY (encrypts recordings, notes, transcripts)."""
+    from phone_agent.encryption import generate_key
+
+    typer.echo(generate_key())
 
 
 def _mount_db() -> None:

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from phone_agent.encryption import DataCipher, EncryptionError, parse_keys
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise phone assistant for a small online shop. You are speaking on a "
     "telephone line: keep every answer short (one or two sentences), never read out lists longer "
@@ -191,6 +193,12 @@ class Settings(BaseSettings):
     record_dir: Path = Field(
         default=Path("recordings"), description="Where recorded calls are written."
     )
+    data_key: SecretStr | None = Field(
+        default=None,
+        description="Key(s) sealing what is kept about callers: recordings, caller-memory notes, "
+        "call transcripts. Comma-separated: the first encrypts, all decrypt (rotation). Required "
+        "by PHONE_AGENT_RECORD and PHONE_AGENT_MEMORY. Generate with `phone-agent keygen`.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
@@ -247,6 +255,17 @@ class Settings(BaseSettings):
             raise ValueError(f"file {value} does not exist")
         return value
 
+    @field_validator("data_key")
+    @classmethod
+    def _check_data_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            parse_keys(value.get_secret_value())
+        except EncryptionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _one_prompt(self) -> Settings:
         if self.system_prompt and self.system_prompt_file:
@@ -254,6 +273,28 @@ class Settings(BaseSettings):
                 "set PHONE_AGENT_SYSTEM_PROMPT or PHONE_AGENT_SYSTEM_PROMPT_FILE, not both"
             )
         return self
+
+    @model_validator(mode="after")
+    def _keep_nothing_unsealed(self) -> Settings:
+        # Secure by default: features that keep caller data beyond the call need a data key.
+        if self.data_key is None:
+            if self.record != "off":
+                raise ValueError(
+                    "PHONE_AGENT_DATA_KEY is required when PHONE_AGENT_RECORD is set: recordings "
+                    "are encrypted at rest (generate a key with `phone-agent keygen`)"
+                )
+            if self.memory:
+                raise ValueError(
+                    "PHONE_AGENT_DATA_KEY is required when PHONE_AGENT_MEMORY is on: caller notes "
+                    "are encrypted at rest (generate a key with `phone-agent keygen`)"
+                )
+        return self
+
+    def data_cipher(self) -> DataCipher | None:
+        """The cipher for caller data, or None when no data key is configured."""
+        if self.data_key is None:
+            return None
+        return DataCipher.from_setting(self.data_key.get_secret_value())
 
     @property
     def offline(self) -> bool:

@@ -88,7 +88,8 @@ def redacted(url: str) -> str:
 
 def create_engine(url: str, *, connect_args: dict[str, Any] | None = None) -> AsyncEngine:
     """An async engine for `url`, read as `database_url` does. For SQLite, the file's directory is
-    created if missing and foreign keys are enforced."""
+    created if missing, foreign keys are enforced, and deleted rows are overwritten
+    (``secure_delete``), so what `phone-agent forget` removes does not linger in free pages."""
     url = database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -100,6 +101,7 @@ def create_engine(url: str, *, connect_args: dict[str, Any] | None = None) -> As
         def _foreign_keys(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine

@@ -41,7 +41,9 @@ back between the same two peers:
   `heard` lists, per model turn, the range of milliseconds the caller heard and whether the turn
   was interrupted.
 
-Files are JSON, or gzip-compressed JSON when the name ends in `.gz`.
+Files are JSON, or gzip-compressed JSON when the name ends in `.gz`. Recordings of real calls
+end in `.json.gz.enc`: the gzip bytes sealed with the data key (`phone_agent.encryption`), and
+reading them needs a `DataCipher` holding that key.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ import gzip
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from phone_agent.encryption import ENCRYPTED_SUFFIX, EncryptionError
+
+if TYPE_CHECKING:
+    from phone_agent.encryption import DataCipher
 
 FORMAT = "phone-agent/call-fixture"
 VERSION = 1
@@ -173,22 +180,40 @@ class CallFixture:
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, cipher: DataCipher | None = None) -> Path:
+        """Write to `path`; a name ending in `.enc` is sealed with `cipher` (required then)."""
         path = Path(path)
+        sealed = path.suffix == ENCRYPTED_SUFFIX
+        if sealed and cipher is None:
+            raise FixtureError(f"{path}: an encrypted fixture needs the data key")
         data = self.dumps()
-        path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+        if Path(path.stem if sealed else path.name).suffix == ".gz":
+            data = gzip.compress(data, mtime=0)
+        if sealed and cipher is not None:
+            data = cipher.encrypt(data)
+        path.write_bytes(data)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> CallFixture:
+    def load(cls, path: str | Path, *, cipher: DataCipher | None = None) -> CallFixture:
+        """Read `path`; one ending in `.enc` is opened with `cipher` (required then)."""
         path = Path(path)
+        sealed = path.suffix == ENCRYPTED_SUFFIX
+        if sealed and cipher is None:
+            raise FixtureError(
+                f"{path}: the recording is encrypted; set PHONE_AGENT_DATA_KEY to its key"
+            )
         try:
             raw = path.read_bytes()
-            if path.suffix == ".gz":
+            if sealed and cipher is not None:
+                raw = cipher.decrypt(raw)
+            if Path(path.stem if sealed else path.name).suffix == ".gz":
                 raw = gzip.decompress(raw)
             data = orjson.loads(raw)
         except (OSError, EOFError, gzip.BadGzipFile, orjson.JSONDecodeError) as exc:
             raise FixtureError(f"{path}: cannot read fixture: {exc}") from None
+        except EncryptionError as exc:
+            raise FixtureError(f"{path}: {exc}") from None
         try:
             return cls.from_dict(data)
         except FixtureError as exc:

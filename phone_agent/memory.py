@@ -11,6 +11,8 @@ Scoped, auditable and easy to erase:
 * **Auditable**: each note records when it was saved and the call (``call_sid``) that saved it;
   saving, forgetting and purging are logged with the number masked and never the note's text.
 * **Erasable**: `CallerMemory.forget` deletes everything held about a number.
+* **Sealed**: the note's text is encrypted with the data key (`phone_agent.encryption`); a note
+  sealed under a key no longer configured is skipped, never shown.
 
 Notes are data, not instructions: they are stored as one line of printable text (control and
 format characters removed, `MAX_NOTE_CHARS` at most) and `memory_prompt` presents them to the
@@ -34,11 +36,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import DateTime, Integer, String, delete, select
+from sqlalchemy import DateTime, Integer, String, Text, delete, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from phone_agent.encryption import DataCipher, EncryptionError
 from phone_agent.logs import mask_number
 from phone_agent.orders.models import Base
 from phone_agent.orders.spoken import normalize_phone
@@ -83,7 +86,7 @@ class CallerNote(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     phone: Mapped[str] = mapped_column(String(16), index=True)  # E.164
     scope: Mapped[str] = mapped_column(String(MAX_SCOPE_CHARS), default=DEFAULT_SCOPE)
-    note: Mapped[str] = mapped_column(String(MAX_NOTE_CHARS))
+    note: Mapped[str] = mapped_column(Text)  # sealed with the data key (`encryption`)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # UTC
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)  # UTC
     call_sid: Mapped[str | None] = mapped_column(String(MAX_CALL_SID_CHARS))  # provenance
@@ -175,6 +178,7 @@ class CallerMemory:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
+        cipher: DataCipher,
         ttl_days: float = DEFAULT_TTL_DAYS,
         max_notes_per_phone: int = MAX_NOTES_PER_PHONE,
         clock: Callable[[], datetime] = _now,
@@ -184,6 +188,7 @@ class CallerMemory:
         if max_notes_per_phone < 1:
             raise ValueError(f"max_notes_per_phone must be at least 1, got {max_notes_per_phone}")
         self._sessionmaker = sessionmaker
+        self._cipher = cipher
         self.ttl_days = ttl_days
         self.max_notes_per_phone = max_notes_per_phone
         self._clock = clock
@@ -226,7 +231,7 @@ class CallerMemory:
                 CallerNote(
                     phone=key,
                     scope=scope,
-                    note=text,
+                    note=self._cipher.encrypt_text(text),
                     created_at=now,
                     expires_at=now + timedelta(days=ttl),
                     call_sid=call_sid[:MAX_CALL_SID_CHARS] if call_sid else None,
@@ -270,16 +275,26 @@ class CallerMemory:
         )
         async with self._sessionmaker() as session:
             rows = list(await session.scalars(query))
-        return [
-            Note(
-                scope=row.scope,
-                text=row.note,
-                created_at=_utc(row.created_at),
-                expires_at=_utc(row.expires_at),
-                call_sid=row.call_sid,
+        notes: list[Note] = []
+        for row in rows:
+            try:
+                text = self._cipher.decrypt_text(row.note)
+            except EncryptionError:
+                log.warning(
+                    "caller note skipped: not sealed under a configured PHONE_AGENT_DATA_KEY",
+                    extra={"event": "memory.undecryptable", "note_id": row.id},
+                )
+                continue
+            notes.append(
+                Note(
+                    scope=row.scope,
+                    text=text,
+                    created_at=_utc(row.created_at),
+                    expires_at=_utc(row.expires_at),
+                    call_sid=row.call_sid,
+                )
             )
-            for row in rows
-        ]
+        return notes
 
     async def forget(self, phone: str | None) -> int:
         """Delete every note about `phone` (any spelling of it); returns how many were deleted."""

@@ -12,11 +12,13 @@ nothing is recorded unless the call consents (see `Settings.record`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from phone_agent.encryption import ENCRYPTED_SUFFIX, DataCipher
 from phone_agent.fixture import CallFixture, Expectations, HeardRange, ModelTurn, TimedMessage
 from phone_agent.logs import mask_number
 from phone_agent.model_link import CLOSED_MARKER
@@ -182,12 +184,25 @@ class CallRecorder:
 
 
 class RecordingPolicy:
-    """Which calls are recorded, and where. Off unless configured (`PHONE_AGENT_RECORD`)."""
+    """Which calls are recorded, and where. Off unless configured (`PHONE_AGENT_RECORD`).
+
+    Recordings are sealed with the data key (`phone_agent.encryption`) and filed by caller
+    reference, `<dir>/<caller ref>/<CallSid>.json.gz.enc`, so `phone-agent forget` finds a
+    caller's recordings while no file name or content holds their number.
+    """
 
     CONSENT_PARAMETER = "record_consent"
 
-    def __init__(self, directory: Path, *, everyone: bool = False, model: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        cipher: DataCipher,
+        *,
+        everyone: bool = False,
+        model: str = "",
+    ) -> None:
         self.directory = directory
+        self.cipher = cipher
         self.everyone = everyone
         self.model = model
 
@@ -195,8 +210,26 @@ class RecordingPolicy:
         """`all` records every call; `consented` only streams whose TwiML said the caller agreed."""
         return self.everyone or custom_parameters.get(self.CONSENT_PARAMETER) == "yes"
 
-    async def save(self, fixture: CallFixture) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{fixture.name}.json.gz"
-        await anyio.to_thread.run_sync(fixture.save, path)
+    def caller_directory(self, caller_number: str | None) -> Path:
+        return self.directory / self.cipher.caller_ref(caller_number)
+
+    async def save(self, fixture: CallFixture, caller_number: str | None) -> Path:
+        directory = self.caller_directory(caller_number)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / f"{fixture.name}.json.gz{ENCRYPTED_SUFFIX}"
+        await anyio.to_thread.run_sync(partial(fixture.save, path, cipher=self.cipher))
         return path
+
+    def forget(self, caller_number: str | None) -> int:
+        """Delete every recording filed under `caller_number`; returns how many were deleted."""
+        removed = 0
+        for ref in self.cipher.caller_refs(caller_number):
+            directory = self.directory / ref
+            if not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                if path.is_file():
+                    path.unlink()
+                    removed += 1
+            directory.rmdir()
+        return removed

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from phone_agent.config import ConfigError, load_settings
+from phone_agent.encryption import generate_key
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,9 @@ def test_api_key_and_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PHONE_AGENT_GEMINI_BASE_URL", "ftp://x", "PHONE_AGENT_GEMINI_BASE_URL"),
         ("PHONE_AGENT_START_TIMEOUT_S", "-1", "PHONE_AGENT_START_TIMEOUT_S"),
         ("PHONE_AGENT_LOG_LEVEL", "LOUD", "PHONE_AGENT_LOG_LEVEL"),
+        ("PHONE_AGENT_DATA_KEY", "hunter2", "PHONE_AGENT_DATA_KEY"),
+        ("PHONE_AGENT_RECORD", "all", "PHONE_AGENT_DATA_KEY is required"),
+        ("PHONE_AGENT_MEMORY", "true", "PHONE_AGENT_DATA_KEY is required"),
         (
             "PHONE_AGENT_SYSTEM_PROMPT_FILE",
             "/nonexistent/prompt.txt",
@@ -67,3 +71,15 @@ def test_system_prompt_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 def test_local_http_public_url_allowed_for_development(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHONE_AGENT_PUBLIC_URL", "http://127.0.0.1:8080")
     assert load_settings().media_stream_url() == "ws://127.0.0.1:8080/twilio/media"
+
+
+def test_data_key_enables_recording_and_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv("PHONE_AGENT_RECORD", "consented")
+    monkeypatch.setenv("PHONE_AGENT_DATA_KEY", key)
+    settings = load_settings()
+    assert settings.data_cipher() is not None and key not in repr(settings)
+    monkeypatch.setenv("PHONE_AGENT_DATA_KEY", key[:-8])
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert key not in str(info.value)

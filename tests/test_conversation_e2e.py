@@ -33,6 +33,7 @@ from phone_agent.emulator import (
     Tone,
     Trigger,
 )
+from phone_agent.encryption import DataCipher, generate_key
 from phone_agent.fixture import CallFixture
 from phone_agent.simulator import (
     CallerStep,
@@ -223,6 +224,7 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard(tmp_path: Path) -> N
             twilio_api_base_url=rest.base_url,
             record="all",
             record_dir=tmp_path,
+            data_key=generate_key(),
         )
         async with served(script, config) as (url, _emulator, app):
             record, summary = await place(
@@ -231,7 +233,9 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard(tmp_path: Path) -> N
         [request] = rest.requests
         # The recorded call replays to the same outcome: goodbye heard, then the REST hang-up.
         assert summary.recording is not None
-        again = await replay.replay(CallFixture.load(summary.recording), settings=config)
+        again = await replay.replay(
+            CallFixture.load(summary.recording, cipher=config.data_cipher()), settings=config
+        )
         assert again.ok, again.report()
         assert len(rest.requests) == 2 and rest.requests[1].call_sid == call_sid
     assert request.call_sid == call_sid and request.params.get("Status") == "completed"
@@ -263,6 +267,7 @@ async def test_transfer_to_human_dials_the_configured_number(tmp_path: Path) -> 
             twilio_api_base_url=rest.base_url,
             record="all",
             record_dir=tmp_path,
+            data_key=generate_key(),
         )
         async with served(script, config) as (url, _emulator, app):
             _record, summary = await place(
@@ -270,7 +275,9 @@ async def test_transfer_to_human_dials_the_configured_number(tmp_path: Path) -> 
             )
         request = rest.requests[0]
         assert summary.recording is not None
-        again = await replay.replay(CallFixture.load(summary.recording), settings=config)
+        again = await replay.replay(
+            CallFixture.load(summary.recording, cipher=config.data_cipher()), settings=config
+        )
         assert again.ok, again.report()
         assert [r.params.get("Twiml") for r in rest.requests] == [request.params["Twiml"]] * 2
     dial = ET.fromstring(request.params["Twiml"]).find("Dial")
@@ -300,13 +307,17 @@ async def test_silence_reprompts_then_ends_the_call_politely(tmp_path: Path) -> 
         ]
     )
     config = settings(
-        silence_reprompt_s=1.0, silence_hang_up_s=3.0, record="all", record_dir=tmp_path
+        silence_reprompt_s=1.0,
+        silence_hang_up_s=3.0,
+        record="all",
+        record_dir=tmp_path,
+        data_key=generate_key(),
     )
     async with served(script, config) as (url, emulator, app):
         record, summary = await place(url, app, [Silence(30_000)])
     # Replayed from its recording (at real time: silence is timed on the wall clock).
     assert summary.recording is not None
-    fixture = CallFixture.load(summary.recording)
+    fixture = CallFixture.load(summary.recording, cipher=config.data_cipher())
     assert [t.trigger for t in fixture.model_turns] == ["text", "text"]
     again = await replay.replay(fixture, speed="realtime", settings=config)
     assert again.ok, again.report()
@@ -353,16 +364,21 @@ async def test_caller_memory_is_given_to_the_model_at_session_start(tmp_path: Pa
     from phone_agent.memory import CallerMemory
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'agent.db'}"
+    key = generate_key()
     engine = db.create_engine(url)
     try:
         await db.upgrade(engine)
-        memory = CallerMemory(db.sessionmaker(engine))
+        memory = CallerMemory(db.sessionmaker(engine), cipher=DataCipher([key]))
         await memory.remember("+15550001111", "Asked about order 1042.", scope="orders")
         await memory.remember("+15550002222", "Someone else's note.")
     finally:
         await engine.dispose()
     script = EmulatorScript(replies=[Reply.of("Hi again.", Tone(500.0, 300, 0.3))])
-    async with served(script, settings(memory=True, database_url=url)) as (url_, emulator, app):
+    async with served(script, settings(memory=True, database_url=url, data_key=key)) as (
+        url_,
+        emulator,
+        app,
+    ):
         sid = "CA" + secrets.token_hex(16)
         parameters = app.state.phone_agent.stream_parameters(sid, **{"from": "+15550001111"})
         simulator = TwilioCallerSimulator(
@@ -427,7 +443,7 @@ async def test_a_recorded_1011_drop_replays_and_recovers_again(tmp_path: Path) -
             Reply.of("shipped on Monday.", Tone(600.0, 900, 0.3), trigger=Trigger.TEXT),
         ]
     )
-    config = settings(record="all", record_dir=tmp_path)
+    config = settings(record="all", record_dir=tmp_path, data_key=generate_key())
     async with served(script, config, speed=1.0) as (url, emulator, app):
         record, summary = await place(
             url,
@@ -446,7 +462,7 @@ async def test_a_recorded_1011_drop_replays_and_recovers_again(tmp_path: Path) -
     assert summary.reconnects == 1 and emulator.sessions[0].close_code == 1011
     assert any("connection dropped" in t for t in summary.model_texts)
     assert summary.recording is not None
-    fixture = CallFixture.load(summary.recording)
+    fixture = CallFixture.load(summary.recording, cipher=config.data_cipher())
     assert [t.trigger for t in fixture.model_turns] == ["speech_end", "speech_end", "text"]
     again = await replay.replay(fixture, settings=config)
     assert again.ok, again.report()

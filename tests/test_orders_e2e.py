@@ -22,6 +22,7 @@ from phone_agent.emulator import (
     Say,
     Tone,
 )
+from phone_agent.encryption import generate_key
 from phone_agent.fixture import CallFixture
 from phone_agent.simulator import (
     HangUp,
@@ -61,6 +62,7 @@ async def test_model_reads_the_database_row_and_the_recorded_call_replays(tmp_pa
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}",
         record="all",
         record_dir=tmp_path / "recordings",
+        data_key=generate_key(),
     )
     async with GeminiEmulator(script(), speed=2.0) as emulator:
         target = GeminiTarget(emulator.base_url, "k", emulator.client_ssl_context())
@@ -94,7 +96,7 @@ async def test_model_reads_the_database_row_and_the_recorded_call_replays(tmp_pa
     spoken = "".join(summary.agent_transcript)
     assert "Order 1042 has shipped with UPS" in spoken and "28 November" in spoken
 
-    recorded = CallFixture.load(summary.recording)
+    recorded = CallFixture.load(summary.recording, cipher=settings.data_cipher())
     assert recorded.expect.tools_called == ("lookup_order",)
     again = await replay.replay(recorded, speed="max", settings=settings)
     assert again.ok, again.report()

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from phone_agent.bridge import CallSummary, EndReason
-from phone_agent.fixture import CallFixture
+from phone_agent.encryption import DataCipher, generate_key
+from phone_agent.fixture import CallFixture, FixtureError
 from phone_agent.playback import PlaybackTracker
 from phone_agent.recorder import CallRecorder, RecordingPolicy
 
@@ -47,21 +50,29 @@ def test_caller_number_is_masked_in_start() -> None:
     assert fixture.expect.end_reason == "caller_stop" and fixture.expect.turns == 0
 
 
-async def _save(policy: RecordingPolicy, fixture: CallFixture) -> Path:
-    return await policy.save(fixture)
-
-
-def test_policy_consent_and_round_trip(tmp_path: Path) -> None:
-    import anyio
-
-    consented = RecordingPolicy(tmp_path)
+def test_policy_consent() -> None:
+    cipher = DataCipher([generate_key()])
+    consented = RecordingPolicy(Path("unused"), cipher)
     assert not consented.applies_to({})
     assert consented.applies_to({"record_consent": "yes"})
-    assert RecordingPolicy(tmp_path, everyone=True).applies_to({})
-    rec = CallRecorder(opened_at=0.0)
-    rec.caller_message({"event": "connected"}, 0.0)
-    summary = CallSummary(call_sid="CA2", end_reason=EndReason.CALLER_STOP)
-    fixture = rec.fixture("CA2", summary, {})
-    path = anyio.run(_save, consented, fixture)
-    assert path.name == "CA2.json.gz"
-    assert CallFixture.load(path) == fixture
+    assert RecordingPolicy(Path("unused"), cipher, everyone=True).applies_to({})
+
+
+@pytest.mark.anyio
+async def test_recordings_are_sealed_and_filed_by_caller_reference(tmp_path: Path) -> None:
+    cipher = DataCipher([generate_key()])
+    policy = RecordingPolicy(tmp_path, cipher)
+    fixture = CallFixture.load(Path(__file__).parent / "fixtures" / "silent-caller.json.gz")
+    path = await policy.save(fixture, "+15550100001")
+    assert path.parent == tmp_path / cipher.caller_ref("(555) 010-0001")
+    assert path.name.endswith(".json.gz.enc")
+    assert b"silent" not in path.read_bytes()
+    assert CallFixture.load(path, cipher=cipher) == fixture
+    with pytest.raises(FixtureError, match="PHONE_AGENT_DATA_KEY"):
+        CallFixture.load(path)
+    with pytest.raises(FixtureError, match="none of the configured keys"):
+        CallFixture.load(path, cipher=DataCipher([generate_key()]))
+    withheld = await policy.save(fixture, None)
+    assert withheld.parent.name == "withheld"
+    assert policy.forget("+1 555 010 0001") == 1 and not path.exists()
+    assert withheld.exists() and policy.forget("+15550100001") == 0

@@ -15,6 +15,7 @@ from phone_agent.cli import app as cli
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import EmulatorScript, GeminiEmulator, Reply, Tone
+from phone_agent.encryption import generate_key
 from phone_agent.fixture import CallFixture, Expectations
 from phone_agent.gemini import GeminiConnector
 from phone_agent.recorder import HEARD_TOLERANCE_MS
@@ -80,7 +81,7 @@ async def test_a_recorded_call_replays_to_the_same_outcome(tmp_path: Path) -> No
         ]
     )
     async with GeminiEmulator(script, speed=1.0) as emulator:
-        settings = Settings(record="all", record_dir=tmp_path)
+        settings = Settings(record="all", record_dir=tmp_path, data_key=generate_key())
         connector = GeminiConnector(
             settings,
             api_key="k",
@@ -108,7 +109,7 @@ async def test_a_recorded_call_replays_to_the_same_outcome(tmp_path: Path) -> No
                 await app.state.phone_agent.wait_calls_ended(1)
     recording = app.state.phone_agent.summaries[-1].recording
     assert recording is not None and recording.startswith(str(tmp_path))
-    recorded = CallFixture.load(recording)
+    recorded = CallFixture.load(recording, cipher=settings.data_cipher())
     assert recorded.expect.clears == 1 and recorded.expect.turns == 2
     result = await replay.replay(recorded, speed="max")
     assert result.ok, result.report()

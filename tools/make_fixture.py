@@ -48,6 +48,7 @@ from phone_agent.app import GeminiTarget, create_app
 from phone_agent.bridge import CallSummary
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
+from phone_agent.encryption import DataCipher, generate_key
 from phone_agent.fixture import CallFixture, ModelTurn
 from phone_agent.gemini import OUTPUT_RATE
 from phone_agent.simulator import (
@@ -515,6 +516,11 @@ class Recording:
     notes: list[str] = field(default_factory=list)
 
 
+# The app seals every recording; these calls are synthetic (espeak-ng voices, demo data), so a
+# throwaway key seals them in the scratch directory and the library keeps them in the clear.
+SCRATCH_KEY = generate_key()
+
+
 async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRecord]:
     """Place one call through the in-process stack, with the app recording it into `record_dir`."""
     sid = call_sid(call.scenario.name)
@@ -524,6 +530,7 @@ async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRec
             _env_file=None,
             record="all",
             record_dir=record_dir,
+            data_key=SCRATCH_KEY,
             greeting="",  # the scenarios script who speaks first
             silence_reprompt_s=0,
             silence_hang_up_s=0,
@@ -567,7 +574,8 @@ def record_call(call: Call, record_dir: Path) -> Recording:
     if violations:
         raise GeneratorError(f"{name}: the caller saw protocol violations: {violations}")
     notes = [f"caller wait timed out: {w}" for w in record.wait_timeouts]
-    return Recording(CallFixture.load(summary.recording), summary, notes)
+    recorded = CallFixture.load(summary.recording, cipher=DataCipher([SCRATCH_KEY]))
+    return Recording(recorded, summary, notes)
 
 
 # -- checking and finishing -----------------------------------------------------------------------

@@ -80,7 +80,7 @@ async def test_upgrade_creates_the_tables_and_repeats_as_a_no_op(engine: AsyncEn
     assert await db.current_revision(engine) is None
     await db.upgrade(engine)
     assert await _tables(engine) == TABLES | {"alembic_version"}
-    assert await db.current_revision(engine) == HEAD == "0002"
+    assert await db.current_revision(engine) == HEAD == "0003"
     await db.upgrade(engine)
     assert await db.current_revision(engine) == HEAD
     assert await db.is_empty(engine)

