@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import ssl
 import time
@@ -29,15 +30,21 @@ from phone_agent.admission import (
 )
 from phone_agent.bridge import CallBridge, CallOptions, CallSummary, EndReason, ToolSet
 from phone_agent.call_control import CallControl, TwilioCallControl
+from phone_agent.call_report import CallReport
+from phone_agent.call_store import CallStore
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
 from phone_agent.gemini import GeminiConnector
 from phone_agent.limits import CallLimits, Counters, MemoryCounters, RedisCounters
 from phone_agent.memory import CallerMemory, register_memory_tools
+from phone_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from phone_agent.metrics import Metrics
 from phone_agent.model_link import ModelConnect
+from phone_agent.observer import CallObserver
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
 from phone_agent.prewarm import PrewarmPool
+from phone_agent.pricing import Budget
 from phone_agent.recorder import RecordingPolicy
 from phone_agent.tools.call_tools import register_call_tools
 from phone_agent.tools.registry import ToolRegistry
@@ -63,14 +70,21 @@ class AppState:
     prewarm: PrewarmPool | None = None
     tokens: StreamTokens | None = None
     outcomes: dict[str, EndReason] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    call_store: CallStore | None = None
+    reports: list[CallReport] = field(default_factory=list)
+    """The last `keep_summaries` calls' reports (tests)."""
     _ended: anyio.Event | None = None
 
-    def call_ended(self, summary: CallSummary) -> None:
+    def call_ended(self, summary: CallSummary, report: CallReport | None = None) -> None:
         self.active_calls -= 1
         self.calls_ended += 1
         if self.keep_summaries:
             self.summaries.append(summary)
             del self.summaries[: -self.keep_summaries]
+            if report is not None:
+                self.reports.append(report)
+                del self.reports[: -self.keep_summaries]
         if self._ended is not None:
             self._ended.set()
             self._ended = None
@@ -136,7 +150,7 @@ def build_tooling(settings: Settings, registry: ToolRegistry | None = None) -> T
     except ValueError as exc:
         raise ConfigError(f"PHONE_AGENT_TOOLS: {exc}; known tools: {registry.names()}") from None
     tools = ToolSet(registry, enabled, capabilities_for(settings.model))
-    uses_database = bool(ORDER_TOOLS & enabled) or memory is not None
+    uses_database = bool(ORDER_TOOLS & enabled) or memory is not None or settings.call_records
     return Tooling(tools, declarations, engine, uses_database=uses_database, memory=memory)
 
 
@@ -181,6 +195,30 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
     state.connect_model = connector.connect
 
 
+RECORD_SAVE_TIMEOUT_S = 5.0
+
+
+async def _keep_record(store: CallStore | None, report: CallReport) -> None:
+    """Save a finished call's record; a database problem is logged, never the caller's problem."""
+    if store is None:
+        return
+    try:
+        # Shielded: a server shutting down (or a client going) must not cut a write in half; and
+        # bounded, so a stuck database cannot hold the call's task for ever.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + RECORD_SAVE_TIMEOUT_S
+            await store.save(report)
+        if scope.cancelled_caught:
+            log.error(
+                "call record not saved: the database did not answer in time",
+                extra={"event": "call.record", "call_sid": report.call_sid},
+            )
+    except Exception:
+        log.exception(
+            "call record not saved", extra={"event": "call.record", "call_sid": report.call_sid}
+        )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -194,6 +232,9 @@ def create_app(
     ones are added to it. Raises `ConfigError` for unusable settings.
     """
     tooling = build_tooling(settings, registry)
+    prices = settings.price_table()
+    budget = Budget(settings.call_budget_usd or None)
+    cipher = settings.data_cipher()
     counters: Counters = (
         RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
     )
@@ -231,7 +272,6 @@ def create_app(
         max_call_s=settings.max_call_s,
         max_unheard_s=settings.max_unheard_s,
     )
-    cipher = settings.data_cipher()
     recording = (
         RecordingPolicy(
             settings.record_dir, cipher, everyone=settings.record == "all", model=settings.model
@@ -258,6 +298,8 @@ def create_app(
                 state.call_control = control
             if tooling.uses_database:
                 await db.prepare(tooling.engine)
+                if settings.call_records:
+                    state.call_store = CallStore(db.sessionmaker(tooling.engine), cipher)
                 if tooling.memory is not None:
                     await tooling.memory.purge_expired()
                 log.info(
@@ -365,18 +407,34 @@ def create_app(
             memory=tooling.memory,
             prewarm=state.prewarm,
             admission=tokens,
+            observer=CallObserver(
+                state.metrics, model=settings.model, prices=prices, budget=budget, cipher=cipher
+            ),
         )
         state.active_calls += 1
         state.calls_total += 1
         summary = bridge.summary
         try:
             summary = await bridge.run()
+            if bridge.report is not None and summary.started_at:  # admitted streams only
+                await _keep_record(state.call_store, bridge.report)
         finally:
-            state.call_ended(summary)
-            if summary.call_sid and summary.end_reason is not None:
+            state.call_ended(summary, bridge.report)
+            # Outcomes of admitted streams only: a refused stream naming the same CallSid (a
+            # replay, a forgery) must not turn the caller's apology into a hang-up.
+            if summary.call_sid and summary.started_at and summary.end_reason is not None:
                 state.outcomes[summary.call_sid] = summary.end_reason
                 while len(state.outcomes) > 1000:
                     state.outcomes.pop(next(iter(state.outcomes)))
+
+    async def metrics(request: Request) -> Response:
+        token = settings.metrics_token
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            expected = "Bearer " + token.get_secret_value()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return PlainTextResponse("Unauthorized", status_code=401)
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -397,6 +455,7 @@ def create_app(
             WebSocketRoute("/twilio/media", media),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
         ],
         lifespan=lifespan,
     )

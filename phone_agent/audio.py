@@ -45,6 +45,8 @@ __all__ = [
     "UplinkConverter",
     "Upsampler2x",
     "mulaw_to_pcm16",
+    "pcm16_peak",
+    "pcm16_rms",
     "pcm16_to_mulaw",
 ]
 
@@ -62,6 +64,16 @@ Float64Array = npt.NDArray[np.float64]
 def mulaw_to_pcm16(data: bytes) -> bytes:
     """Decode G.711 mu-law to PCM16 at the same rate."""
     return audioop.ulaw2lin(data, 2)
+
+
+def pcm16_rms(data: bytes) -> int:
+    """RMS of PCM16 samples (C speed: levels are measured on every frame)."""
+    return int(audioop.rms(data, 2))
+
+
+def pcm16_peak(data: bytes) -> int:
+    """Largest absolute PCM16 sample."""
+    return int(audioop.max(data, 2))
 
 
 def pcm16_to_mulaw(data: bytes) -> bytes:

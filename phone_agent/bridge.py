@@ -29,6 +29,7 @@ from phone_agent import gemini
 from phone_agent.admission import TOKEN_PARAMETER, AdmissionError, StreamTokens
 from phone_agent.audio import DownlinkConverter, UplinkConverter
 from phone_agent.call_control import CallControl, CallControlError
+from phone_agent.call_report import CallReport
 from phone_agent.capabilities import CONSERVATIVE, ModelCapabilities
 from phone_agent.conversation import (
     DtmfBuffer,
@@ -41,6 +42,7 @@ from phone_agent.conversation import (
 )
 from phone_agent.logs import mask_number
 from phone_agent.memory import CallerMemory, memory_prompt
+from phone_agent.metrics import Metrics
 from phone_agent.model_link import (
     HandedOver,
     LinkEvent,
@@ -49,6 +51,7 @@ from phone_agent.model_link import (
     ModelUnavailable,
     Resumed,
 )
+from phone_agent.observer import CallObserver
 from phone_agent.playback import Command, PlaybackTracker, SendClear, SendMark
 from phone_agent.prewarm import PrewarmPool
 from phone_agent.recorder import CallRecorder, RecordingPolicy
@@ -77,6 +80,7 @@ class EndReason(enum.Enum):
     TRANSFERRED = "transferred"
     SILENCE = "silence"
     MAX_DURATION = "max_duration"
+    BUDGET = "budget"
     PLAYBACK_STALLED = "playback_stalled"
     CALLER_DISCONNECT = "caller_disconnect"
     START_TIMEOUT = "start_timeout"
@@ -94,6 +98,10 @@ _CLOSE_CODES = {
 }
 
 
+BUDGET_GOODBYE = (
+    "[This call has reached its spending limit. Apologise, offer to continue on a new call, and "
+    "say a short goodbye; the call ends.]"
+)
 SILENCE_REPROMPT = "[The caller has been silent for a while. Check that they are still there.]"
 SILENCE_GOODBYE = "[The line has been silent too long. Say a short, polite goodbye; the call ends.]"
 MAX_DURATION_GOODBYE = (
@@ -209,6 +217,7 @@ class CallBridge:
         memory: CallerMemory | None = None,
         prewarm: PrewarmPool | None = None,
         admission: StreamTokens | None = None,
+        observer: CallObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket = websocket
@@ -225,6 +234,8 @@ class CallBridge:
         self.uplink = UplinkConverter()
         self.downlink = DownlinkConverter()
         self.summary = CallSummary(tracker=self.tracker)
+        self.observer = observer or CallObserver(Metrics(), model="")
+        self.report: CallReport | None = None
         self.recording = recording
         self.recorder: CallRecorder | None = None
         self.tools = tools or ToolSet()
@@ -259,6 +270,7 @@ class CallBridge:
             self.context = CallContext(
                 call_sid=start.call_sid, caller_number=start.custom_parameters.get("from")
             )
+            self.observer.started(start.call_sid, self.context.caller_number, summary.started_at)
             if self.recording is not None and not self.recording.applies_to(
                 start.custom_parameters
             ):
@@ -334,6 +346,7 @@ class CallBridge:
             summary.ended_at = self.clock()
             await self._close()
             await self._save_recording()
+            self.report = self.observer.finished(summary)
             self._log_end()
         return summary
 
@@ -393,7 +406,9 @@ class CallBridge:
                 if event.gap_ms:
                     self.summary.gap_fill_ms += event.gap_ms
                     filler = SILENCE_BYTE * (event.gap_ms * MULAW_BYTES_PER_MS)
+                    self.observer.caller_audio(filler)
                     await link.send_audio(self.uplink.convert(filler))
+                self.observer.caller_audio(event.payload)
                 await link.send_audio(self.uplink.convert(event.payload))
                 if link.caller_speaking:
                     self._silence.activity(self.clock())
@@ -402,19 +417,7 @@ class CallBridge:
                 outcome = self.tracker.on_mark(event.name, self.clock())
                 self._playback_moved()
                 if outcome is not None and outcome.first_audio_heard:
-                    turn = outcome.turn
-                    assert turn.first_heard_at is not None
-                    log.debug(
-                        "first agent audio heard",
-                        extra={
-                            "event": "turn.first_heard",
-                            "call_sid": self.summary.call_sid,
-                            "generation": turn.generation,
-                            "after_sent_ms": round(
-                                (turn.first_heard_at - turn.first_sent_at) * 1e3
-                            ),
-                        },
-                    )
+                    self.observer.first_heard(outcome.turn)
             elif isinstance(event, Dtmf):
                 self.summary.dtmf.append(event.digit)
                 self._silence.activity(self.clock())
@@ -434,8 +437,10 @@ class CallBridge:
                 if not self.tracker.accepts_audio():
                     self.summary.dropped_audio_chunks += 1
                     continue
+                self.observer.agent_audio(event.pcm24k)
                 await self._play(self.downlink.convert(event.pcm24k))
             elif isinstance(event, gemini.Interrupted):
+                self.observer.interrupted(self.clock())
                 self.downlink.reset()
                 cut = self.tracker.current
                 await self._execute(self.tracker.on_interrupted(self.clock()))
@@ -463,6 +468,7 @@ class CallBridge:
                 assert self._group is not None
                 for call in event.calls:
                     self.summary.tools_called.append(call.name)
+                    self.observer.tool_asked(call.id, self.clock())
                     self._group.start_soon(self._tool_task, link, call)
             elif isinstance(event, gemini.ToolCallCancelled):
                 for call_id in event.ids:
@@ -480,13 +486,17 @@ class CallBridge:
                 self.summary.transcript.append(("caller", event.text))
             elif isinstance(event, gemini.Usage):
                 self.summary.usage.append(event)
+                if self.observer.usage(event):
+                    self._start_ending(EndReason.BUDGET, BUDGET_GOODBYE)
         self._end(EndReason.MODEL_CLOSED, "event stream ended")
 
     async def _caller_spoke_over_playback(self, link: ModelLink) -> None:
         """Barge-in over an answer Gemini had finished generating but the phone still plays."""
-        commands, cut = self.tracker.on_talked_over(self.clock())
+        now = self.clock()
+        commands, cut = self.tracker.on_talked_over(now)
         if cut is None:
             return
+        self.observer.interrupted(now)
         self.downlink.reset()
         await self._execute(commands)
         heard = self._last_turn_text.heard(cut.heard_ms)
@@ -600,6 +610,7 @@ class CallBridge:
                     call.id, call.name, call.args, self.context, enabled=self.tools.enabled
                 )
                 self.summary.tool_results.append(result)
+                self.observer.tool_finished(result)
                 if self.recorder is not None:
                     self.recorder.sent_to_model("tool_response", self.clock())
                 response = result.function_response(self.tools.capabilities)
@@ -629,6 +640,7 @@ class CallBridge:
             return
         await self._send(self.stream.media(mulaw))
         commands = self.tracker.on_audio_sent(len(mulaw) / MULAW_BYTES_PER_MS, self.clock())
+        self.observer.audio_sent(self.tracker.current)
         await self._execute(commands)
 
     async def _execute(self, commands: list[Command]) -> None:
@@ -638,6 +650,8 @@ class CallBridge:
             elif isinstance(command, SendClear):
                 self.summary.clears += 1
                 await self._send(self.stream.clear())
+                cut = self.tracker.turns[-1] if self.tracker.turns else None
+                self.observer.clear_sent(cut, self.clock())
 
     # -- socket -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from phone_agent.config import ConfigError, Settings, load_settings
-from phone_agent.logs import configure_logging
+from phone_agent.logs import configure_logging, secret_values
 
 DEMO_WAV = Path("demo-call.wav")
 
@@ -36,7 +36,7 @@ def serve(
     from phone_agent.app import create_app
 
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     try:
         application = create_app(settings)
     except ConfigError as exc:
@@ -181,9 +181,13 @@ def keygen() -> None:
 
 
 def _mount_db() -> None:
+    from phone_agent.calls_cli import calls_app
+    from phone_agent.cost_cli import cost
     from phone_agent.db_cli import db_app
 
     app.add_typer(db_app, name="db", help="The order database: migrations and demo data.")
+    app.add_typer(calls_app, name="calls", help="Call records: recent calls, one call's timeline.")
+    app.command()(cost)
 
 
 _mount_db()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,6 +22,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from phone_agent.encryption import DataCipher, EncryptionError, parse_keys
+
+if TYPE_CHECKING:
+    from phone_agent.pricing import PriceTable
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise phone assistant for a small online shop. You are speaking on a "
@@ -193,6 +196,26 @@ class Settings(BaseSettings):
     record_dir: Path = Field(
         default=Path("recordings"), description="Where recorded calls are written."
     )
+    call_records: bool = Field(
+        default=True,
+        description="Keep a record of every call (outcome, turn timeline, tokens, cost) in the "
+        "database (PHONE_AGENT_DATABASE_URL); the transcript only with a data key, sealed.",
+    )
+    pricing_file: Path | None = Field(
+        default=None,
+        description="A JSON price table overriding the built-in rates (the seed's, 2025-08-21).",
+    )
+    call_budget_usd: float = Field(
+        default=0.0,
+        ge=0,
+        description="Spend limit per call in USD (model tokens + Twilio minutes); when reached "
+        "the agent says goodbye and the call ends (0: no limit).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required on GET /metrics. Unset: /metrics is open (keep it "
+        "off the public ingress; infra/ does).",
+    )
     data_key: SecretStr | None = Field(
         default=None,
         description="Key(s) sealing what is kept about callers: recordings, caller-memory notes, "
@@ -248,7 +271,7 @@ class Settings(BaseSettings):
             raise ValueError("must not carry a query string or fragment")
         return value.rstrip("/")
 
-    @field_validator("system_prompt_file", "emulator_fixture")
+    @field_validator("system_prompt_file", "emulator_fixture", "pricing_file")
     @classmethod
     def _check_prompt_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -289,6 +312,15 @@ class Settings(BaseSettings):
                     "are encrypted at rest (generate a key with `phone-agent keygen`)"
                 )
         return self
+
+    def price_table(self) -> PriceTable:
+        """The price table in force: `PHONE_AGENT_PRICING_FILE`, else the built-in one."""
+        from phone_agent.pricing import PricingError, load_price_table  # imports the SDK
+
+        try:
+            return load_price_table(self.pricing_file)
+        except PricingError as exc:
+            raise ConfigError(f"PHONE_AGENT_PRICING_FILE: {exc}") from None
 
     def data_cipher(self) -> DataCipher | None:
         """The cipher for caller data, or None when no data key is configured."""

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from phone_agent.fixture import CallFixture
-from phone_agent.pricing import estimate
+from phone_agent.pricing import CallCost
 from phone_agent.replay import ReplayResult, replay
 
 
@@ -87,9 +87,9 @@ async def run_demo(fixture_path: Path, wav_path: Path, console: Console) -> int:
     console.print("  caller: " + (" ".join(summary.caller_transcript) or "—"))
     console.print("  agent:  " + (" ".join("".join(summary.agent_transcript).split()) or "—"))
     model = str(fixture.metadata.get("model", "gemini-live-2.5-flash-preview"))
-    console.print(
-        f"\n[bold]Cost estimate[/bold] ({model}): {estimate(summary.usage, model).describe()}"
-    )
+    call_s = summary.ended_at - summary.started_at if summary.started_at else 0.0
+    cost = CallCost.of(summary.usage, call_s, model)
+    console.print(f"\n[bold]Cost estimate[/bold] ({model}): {cost.describe()}")
     result.record.write_wav(wav_path)
     console.print(f"\nWrote {wav_path} (left: caller, right: what the caller heard).")
     if result.failures:

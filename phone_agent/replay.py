@@ -29,6 +29,7 @@ from typing import Any, Literal
 import anyio
 
 from phone_agent.bridge import CallSummary
+from phone_agent.call_report import CallReport, caller_stopped_before
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
 from phone_agent.emulator import (
@@ -40,9 +41,9 @@ from phone_agent.emulator import (
     Reply,
     Trigger,
 )
-from phone_agent.emulator.vad import EnergyVad, SpeechEnded
 from phone_agent.fixture import CallFixture, Expectations
 from phone_agent.model_link import CLOSED_MARKER
+from phone_agent.observer import SPEECH_END_SILENCE_MS
 from phone_agent.simulator import (
     CallerStep,
     CallRecord,
@@ -52,6 +53,7 @@ from phone_agent.simulator import (
     Say,
     TwilioCallerSimulator,
 )
+from phone_agent.vad import EnergyVad, SpeechEnded
 
 Speed = Literal["realtime", "max"]
 MAX_SPEED = 8.0
@@ -193,8 +195,9 @@ class TurnTimeline:
 
 
 def caller_speech_ends(record: CallRecord) -> list[float]:
-    """When the caller stopped talking (call ms), by the same energy detector the emulator uses."""
-    silence_ms = 500
+    """When the caller stopped talking (call ms), by the same energy detector the emulator and the
+    server's `observer.CallObserver` use."""
+    silence_ms = SPEECH_END_SILENCE_MS
     vad = EnergyVad(silence_ms=silence_ms)
     pcm = record.caller_pcm16().tobytes()
     return [
@@ -211,7 +214,7 @@ def build_timeline(summary: CallSummary, record: CallRecord) -> list[TurnTimelin
     rows = []
     for turn in summary.tracker.turns:
         sent = (turn.first_sent_at - origin) * 1000.0
-        stopped = max((e for e in ends if e <= sent), default=None)
+        stopped = caller_stopped_before(ends, sent)
         heard = (turn.first_heard_at - origin) * 1000.0 if turn.first_heard_at else None
         clear = next((c for c in clears if c >= sent), None) if turn.interrupted else None
         rows.append(
@@ -277,6 +280,10 @@ class ReplayResult:
     summary: CallSummary
     timeline: list[TurnTimeline] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    call: CallReport | None = None
+    """What the server recorded of the call (`observer.CallObserver`)."""
+    metrics: bytes = b""
+    """The server's `/metrics` after the call."""
 
     @property
     def ok(self) -> bool:
@@ -348,7 +355,9 @@ async def replay(
             record = await simulator.run()
             await state.wait_calls_ended(1)
         summary: CallSummary = state.summaries[-1]
-    result = ReplayResult(fixture, record, summary)
+        call = state.reports[-1] if state.reports else None
+        metrics = state.metrics.render()
+    result = ReplayResult(fixture, record, summary, call=call, metrics=metrics)
     result.timeline = build_timeline(summary, record)
     result.failures = check(fixture.expect, summary, record)
     return result

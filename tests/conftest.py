@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -13,6 +16,12 @@ if os.environ.get("CI"):
 # websockets honours proxy variables; every test socket is on loopback.
 os.environ["NO_PROXY"] = "127.0.0.1,localhost," + os.environ.get("NO_PROXY", "")
 os.environ.pop("GEMINI_API_KEY", None)
+
+# Apps keep call records in PHONE_AGENT_DATABASE_URL, by default ./phone-agent.db: tests that do
+# not name a database share one in a temporary directory, never the working tree's.
+_DATA_DIR = tempfile.mkdtemp(prefix="phone-agent-tests-")
+atexit.register(shutil.rmtree, _DATA_DIR, True)
+os.environ["PHONE_AGENT_DATABASE_URL"] = f"sqlite+aiosqlite:///{_DATA_DIR}/phone-agent.db"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from phone_agent import db
 from phone_agent.app import GeminiTarget, create_app
+from phone_agent.call_store import CallStore, StoredCall
 from phone_agent.cli import app as cli
 from phone_agent.config import Settings
 from phone_agent.embedded import embedded_server
@@ -99,6 +100,10 @@ async def test_forget_leaves_nothing_of_the_caller_in_the_database_or_on_disk(
     assert digits(CALLER) not in raw and b"side door" not in raw
     assert CallFixture.load(mine, cipher=settings.data_cipher()).metadata["caller"] != CALLER
     assert CALLER[-4:] not in str(mine)  # the file name does not give the number away either
+    # The call records keep the transcript sealed, and the number only masked.
+    before = (tmp_path / "agent.db").read_bytes()
+    assert b"side door" not in before  # (the caller note is keyed by the number itself)
+    assert len(await stored_calls(settings)) == 2
 
     for name, value in {
         "PHONE_AGENT_DATABASE_URL": settings.database_url,
@@ -113,6 +118,7 @@ async def test_forget_leaves_nothing_of_the_caller_in_the_database_or_on_disk(
     assert result.exit_code == 0, result.output
     assert "removed 1 caller-memory note(s)" in result.output
     assert "removed 1 recording(s)" in result.output
+    assert "removed 1 call record(s)" in result.output
 
     assert not mine.exists() and not mine.parent.exists()
     assert theirs.exists()  # the other caller's data stays
@@ -126,6 +132,17 @@ async def test_forget_leaves_nothing_of_the_caller_in_the_database_or_on_disk(
         assert [n.text for n in await memory.recall(OTHER)] == [NOTE]
     finally:
         await engine.dispose()
+    [left] = await stored_calls(settings)
+    assert left.report.caller_masked.endswith(OTHER[-2:])
+    assert ("caller", "please use the side door") in left.report.transcript
+
+
+async def stored_calls(settings: Settings) -> list[StoredCall]:
+    engine = db.create_engine(settings.database_url or "")
+    try:
+        return await CallStore(db.sessionmaker(engine), settings.data_cipher()).recent()
+    finally:
+        await engine.dispose()
 
 
 async def test_forget_finds_recordings_sealed_under_a_rotated_key(tmp_path: Path) -> None:
@@ -133,6 +150,6 @@ async def test_forget_finds_recordings_sealed_under_a_rotated_key(tmp_path: Path
     mine = await place_call(configured(tmp_path, old), CALLER)
     rotated = configured(tmp_path, f"{generate_key()},{old}")
     report = await forget_caller(rotated, CALLER)
-    assert (report.notes, report.recordings) == (1, 1)
+    assert (report.notes, report.recordings, report.calls) == (1, 1, 1)
     assert not mine.exists()
     assert await forget_caller(rotated, CALLER) == type(report)()  # nothing left the second time

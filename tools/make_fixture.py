@@ -42,6 +42,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 import soxr
+from pydantic import SecretStr
 
 from phone_agent import emulator as emu
 from phone_agent.app import GeminiTarget, create_app
@@ -530,7 +531,7 @@ async def place_call(call: Call, record_dir: Path) -> tuple[CallSummary, CallRec
             _env_file=None,
             record="all",
             record_dir=record_dir,
-            data_key=SCRATCH_KEY,
+            data_key=SecretStr(SCRATCH_KEY),
             greeting="",  # the scenarios script who speaks first
             silence_reprompt_s=0,
             silence_hang_up_s=0,

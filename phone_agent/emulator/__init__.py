@@ -34,7 +34,7 @@ from phone_agent.emulator.session import (
     SentRecord,
     SpeechRecord,
 )
-from phone_agent.emulator.vad import EnergyVad, SpeechEnded, SpeechStarted
+from phone_agent.vad import EnergyVad, SpeechEnded, SpeechStarted
 
 __all__ = [
     "DEFAULT_REPLY",

@@ -72,7 +72,7 @@ from phone_agent.emulator.session import (
     SpeechRecord,
 )
 from phone_agent.emulator.usage import TurnUsage
-from phone_agent.emulator.vad import EnergyVad, SpeechEnded, SpeechStarted
+from phone_agent.vad import EnergyVad, SpeechEnded, SpeechStarted
 
 log = logging.getLogger(__name__)
 

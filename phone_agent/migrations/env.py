@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+import phone_agent.call_store  # (registers calls, call_turns on Base.metadata)
 import phone_agent.memory  # noqa: F401  (registers caller_notes on Base.metadata)
 from phone_agent.orders.models import Base
 

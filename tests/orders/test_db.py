@@ -11,12 +11,13 @@ from sqlalchemy import Connection, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+import phone_agent.call_store  # (registers calls and call_turns on Base.metadata)
 import phone_agent.memory  # noqa: F401  (registers caller_notes on Base.metadata)
 from phone_agent import db
 from phone_agent.orders.demo import DEMO_CUSTOMERS, DEMO_ORDERS
 from phone_agent.orders.models import Base, Customer, Order, OrderItem, Shipment
 
-TABLES = {"customers", "orders", "order_items", "shipments", "caller_notes"}
+TABLES = {"customers", "orders", "order_items", "shipments", "caller_notes", "calls", "call_turns"}
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ async def test_upgrade_creates_the_tables_and_repeats_as_a_no_op(engine: AsyncEn
     assert await db.current_revision(engine) is None
     await db.upgrade(engine)
     assert await _tables(engine) == TABLES | {"alembic_version"}
-    assert await db.current_revision(engine) == HEAD == "0003"
+    assert await db.current_revision(engine) == HEAD == "0004"
     await db.upgrade(engine)
     assert await db.current_revision(engine) == HEAD
     assert await db.is_empty(engine)

@@ -15,7 +15,7 @@ def test_upgrade_then_seed_from_the_environment(tmp_path: Path) -> None:
     env = {"PHONE_AGENT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db"}
     result = runner.invoke(db_app, ["upgrade"], env=env)
     assert result.exit_code == 0, result.output
-    assert "is at revision 0003" in result.output
+    assert "is at revision 0004" in result.output
     assert "sqlite+aiosqlite" in result.output
 
     result = runner.invoke(db_app, ["seed"], env=env)

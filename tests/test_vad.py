@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from phone_agent.emulator import audio
-from phone_agent.emulator.vad import EnergyVad, SpeechEnded, SpeechStarted, VadEvent, rms_dbfs
+from phone_agent.vad import EnergyVad, SpeechEnded, SpeechStarted, VadEvent, rms_dbfs
 
 RATE = 16_000
 

@@ -99,6 +99,20 @@ class EnergyVad:
                 events.append(event)
         return events
 
+    def feed_window(self, power: float, rate: int) -> VadEvent | None:
+        """One whole window whose mean power (of int16 samples) the caller measured already.
+
+        The same as `feed` with that window's samples, without measuring them twice.
+        """
+        if rate != self._rate:
+            self._rate = rate
+            self._pending = b""
+        if self._pending:
+            raise ValueError("feed_window after a partial window fed by `feed`")
+        self._audio_ms += self.window_ms
+        threshold_power = (FULL_SCALE * 10.0 ** (self.threshold_dbfs / 20.0)) ** 2
+        return self._step(power >= threshold_power)
+
     def flush(self) -> list[VadEvent]:
         """End of the audio stream: drop the partial window and end any speech in progress."""
         self._pending = b""
