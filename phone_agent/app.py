@@ -34,8 +34,15 @@ from phone_agent.call_report import CallReport
 from phone_agent.call_store import CallStore
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
+from phone_agent.drain import DrainState
 from phone_agent.gemini import GeminiConnector
-from phone_agent.limits import CallLimits, Counters, MemoryCounters, RedisCounters
+from phone_agent.limits import (
+    CallLimits,
+    Counters,
+    LimitExceeded,
+    MemoryCounters,
+    RedisCounters,
+)
 from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from phone_agent.metrics import Metrics
@@ -74,6 +81,9 @@ class AppState:
     call_store: CallStore | None = None
     reports: list[CallReport] = field(default_factory=list)
     """The last `keep_summaries` calls' reports (tests)."""
+    drain: DrainState = field(default_factory=DrainState)
+    bridges: set[CallBridge] = field(default_factory=set)
+    """The calls in progress (the drain's deadline ends them)."""
     _ended: anyio.Event | None = None
 
     def call_ended(self, summary: CallSummary, report: CallReport | None = None) -> None:
@@ -330,11 +340,13 @@ def create_app(
         token = settings.twilio_auth_token
         if token is None or settings.public_url is None:
             webhook.log_webhook(form, "refused: TWILIO_AUTH_TOKEN or PHONE_AGENT_PUBLIC_URL unset")
+            state.metrics.webhooks.labels("refused").inc()
             return None
         url = webhook.signed_url(settings.public_url, request.url.path, request.url.query)
         signature = request.headers.get(webhook.SIGNATURE_HEADER)
         if not webhook.signature_is_valid(token.get_secret_value(), url, form, signature):
             webhook.log_webhook(form, "refused: bad signature")
+            state.metrics.webhooks.labels("refused").inc()
             return None
         return form
 
@@ -349,15 +361,22 @@ def create_app(
             address=request.client.host if request.client else None,
             active_calls=state.active_calls,
         )
+        if exceeded is None and state.drain.draining:
+            exceeded = LimitExceeded("draining")
         if exceeded is not None:
             webhook.log_webhook(form, f"turned away: {exceeded.reason}")
+            state.metrics.webhooks.labels(exceeded.reason).inc()
             twiml = webhook.busy_twiml(settings.busy_message, settings.overflow_number)
             return Response(twiml, media_type=TWIML)
+        state.metrics.webhooks.labels("connected").inc()
         webhook.log_webhook(form, "connected")
         if state.prewarm is not None:
             state.prewarm.start(form.get("CallSid", ""))
         parameters = webhook.call_parameters(form)
         parameters[TOKEN_PARAMETER] = tokens.mint(form.get("CallSid", ""))
+        state.drain.stream_promised(
+            form.get("CallSid", ""), time.monotonic() + settings.stream_token_ttl_s
+        )
         if request.query_params.get("consent") == "yes":
             parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
         action = settings.public_url + STREAM_ENDED_PATH
@@ -413,12 +432,15 @@ def create_app(
         )
         state.active_calls += 1
         state.calls_total += 1
+        state.bridges.add(bridge)
         summary = bridge.summary
         try:
             summary = await bridge.run()
             if bridge.report is not None and summary.started_at:  # admitted streams only
                 await _keep_record(state.call_store, bridge.report)
         finally:
+            state.bridges.discard(bridge)
+            state.drain.stream_arrived(summary.call_sid)
             state.call_ended(summary, bridge.report)
             # Outcomes of admitted streams only: a refused stream naming the same CallSid (a
             # replay, a forgery) must not turn the caller's apology into a hang-up.
@@ -440,9 +462,10 @@ def create_app(
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        ready = state.connect_model is not None
+        ready = state.connect_model is not None and not state.drain.draining
+        status = "draining" if state.drain.draining else "ready" if ready else "starting"
         body = {
-            "status": "ready" if ready else "starting",
+            "status": status,
             "active_calls": state.active_calls,
             "offline": state.offline,
         }

@@ -81,6 +81,7 @@ class EndReason(enum.Enum):
     SILENCE = "silence"
     MAX_DURATION = "max_duration"
     BUDGET = "budget"
+    SHUTDOWN = "shutdown"
     PLAYBACK_STALLED = "playback_stalled"
     CALLER_DISCONNECT = "caller_disconnect"
     START_TIMEOUT = "start_timeout"
@@ -102,6 +103,10 @@ BUDGET_GOODBYE = (
     "[This call has reached its spending limit. Apologise, offer to continue on a new call, and "
     "say a short goodbye; the call ends.]"
 )
+SHUTDOWN_GOODBYE = (
+    "[This line is closing for maintenance. Apologise, ask the caller to call back in a few "
+    "minutes, and say a short goodbye; the call ends.]"
+)
 SILENCE_REPROMPT = "[The caller has been silent for a while. Check that they are still there.]"
 SILENCE_GOODBYE = "[The line has been silent too long. Say a short, polite goodbye; the call ends.]"
 MAX_DURATION_GOODBYE = (
@@ -111,6 +116,10 @@ MAX_DURATION_GOODBYE = (
 
 class _CallerGone(Exception):
     pass
+
+
+class _PlaybackStalled(Exception):
+    """The phone has not confirmed `max_unheard_s` of the agent's audio: it is not playing it."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +395,8 @@ class CallBridge:
             self._end(EndReason.PROTOCOL_ERROR, str(exc))
         except _CallerGone:
             self._end(EndReason.CALLER_DISCONNECT, "socket closed")
+        except _PlaybackStalled:
+            self._end(EndReason.PLAYBACK_STALLED, "the phone stopped confirming playback")
         except gemini.ModelSessionClosed as exc:
             self._end(EndReason.MODEL_CLOSED, str(exc))
         except ModelUnavailable as exc:
@@ -556,11 +567,12 @@ class CallBridge:
                 self._start_ending(EndReason.SILENCE, SILENCE_GOODBYE)
             if self.options.max_call_s and now - started >= self.options.max_call_s:
                 self._start_ending(EndReason.MAX_DURATION, MAX_DURATION_GOODBYE)
-            if self.tracker.unheard_ms() > self.options.max_unheard_s * 1000.0:
-                self._end(EndReason.PLAYBACK_STALLED, "the phone stopped confirming playback")
-                assert self._group is not None
-                self._group.cancel_scope.cancel()
-                return
+
+    def end_for_shutdown(self) -> None:
+        """The server is going away (`drain.py`): say goodbye, then end the call."""
+        if self._group is None:  # still being admitted: there is nothing to say goodbye to yet
+            return
+        self._start_ending(EndReason.SHUTDOWN, SHUTDOWN_GOODBYE)
 
     def _start_ending(
         self, reason: EndReason, goodbye: str | None, transfer_to: str | None = None
@@ -642,6 +654,10 @@ class CallBridge:
         commands = self.tracker.on_audio_sent(len(mulaw) / MULAW_BYTES_PER_MS, self.clock())
         self.observer.audio_sent(self.tracker.current)
         await self._execute(commands)
+        if self.tracker.unheard_ms() > self.options.max_unheard_s * 1000.0:
+            # At every send, not on a timer: a model faster than real time must not get more
+            # than the limit (and this one chunk) written out to a phone that stopped playing.
+            raise _PlaybackStalled
 
     async def _execute(self, commands: list[Command]) -> None:
         for command in commands:

@@ -34,6 +34,7 @@ def serve(
     import uvicorn
 
     from phone_agent.app import create_app
+    from phone_agent.drain import DrainingServer
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
@@ -42,7 +43,8 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(
+    state = application.state.phone_agent
+    config = uvicorn.Config(
         application,
         host=host,
         port=port,
@@ -50,6 +52,14 @@ def serve(
         ws_max_size=settings.max_message_bytes,
         proxy_headers=False,
     )
+    server = DrainingServer(
+        config,
+        state.drain,
+        timeout_s=settings.drain_timeout_s,
+        active_calls=lambda: state.active_calls,
+        calls=lambda: list(state.bridges),
+    )
+    server.run()
 
 
 @app.command()

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="Instruction sent to the model when the call connects, so the agent speaks "
         "first. Empty: the caller speaks first.",
     )
+    model_setup_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="A model session not set up within this (connect, TLS, setupComplete) counts "
+        "as unreachable: the caller hears the apology rather than silence.",
+    )
     prewarm: bool = Field(
         default=True,
         description="Open the model session at the webhook, while the phone rings, so the first "
@@ -221,6 +228,12 @@ class Settings(BaseSettings):
         description="Key(s) sealing what is kept about callers: recordings, caller-memory notes, "
         "call transcripts. Comma-separated: the first encrypts, all decrypt (rotation). Required "
         "by PHONE_AGENT_RECORD and PHONE_AGENT_MEMORY. Generate with `phone-agent keygen`.",
+    )
+    drain_timeout_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="On SIGTERM, how long calls in progress may go on before they hear a goodbye "
+        "and end; the process exits when the last call is gone.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."

@@ -6,14 +6,17 @@ events) and `ModelEvent`s; it never touches SDK types.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pydantic
 import websockets
 from google import genai
 from google.genai import errors as genai_errors
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
 OUTPUT_RATE = 24000
+# How long closing a session waits for the server's close frame before dropping the connection.
+CLOSE_TIMEOUT_S = 2.0
+_RATE = re.compile(r"rate\s*=\s*(\d+)")
 
 
 class ModelSessionClosed(Exception):
@@ -143,8 +149,33 @@ def _by_modality(details: list[types.ModalityTokenCount] | None) -> dict[str, in
     return out
 
 
-def translate(message: types.LiveServerMessage) -> list[ModelEvent]:
-    """One SDK message as events, in the order the bridge must act on them."""
+def _pcm24k(blob: types.Blob, dropped: list[tuple[str, str]]) -> bytes | None:
+    """The PCM of an audio part, if it is what the Live API promises (16-bit PCM at 24 kHz);
+    else None, with why in `dropped`. An odd trailing byte is cut: each part holds whole samples,
+    and carrying the byte over would shift every later sample of the turn into noise."""
+    mime = (blob.mime_type or "").lower()
+    if not mime.startswith("audio/"):
+        return None  # not audio at all (an image, a file): nothing to play
+    rate = _RATE.search(mime)
+    if not mime.startswith(("audio/pcm", "audio/l16")) or (rate and int(rate[1]) != OUTPUT_RATE):
+        dropped.append(("model audio in an unexpected format dropped", repr(blob.mime_type)))
+        return None
+    data = blob.data or b""
+    if len(data) % 2:
+        dropped.append(("model audio of an odd length cut to whole samples", f"{len(data)} bytes"))
+        data = data[:-1]
+    return data
+
+
+def translate(
+    message: types.LiveServerMessage, dropped: list[tuple[str, str]] | None = None
+) -> list[ModelEvent]:
+    """One SDK message as events, in the order the bridge must act on them.
+
+    Audio the bridge cannot play as it is (see `_pcm24k`) is dropped or trimmed; `dropped`, when
+    given, collects what and why, as (problem, detail) pairs.
+    """
+    dropped = dropped if dropped is not None else []
     events: list[ModelEvent] = []
     if message.tool_call_cancellation is not None:
         events.append(ToolCallCancelled(tuple(message.tool_call_cancellation.ids or ())))
@@ -161,8 +192,9 @@ def translate(message: types.LiveServerMessage) -> list[ModelEvent]:
         if content.model_turn is not None:
             for part in content.model_turn.parts or []:
                 blob = part.inline_data
-                if blob is not None and blob.data and (blob.mime_type or "").startswith("audio/"):
-                    events.append(ModelAudio(blob.data))
+                pcm = _pcm24k(blob, dropped) if blob is not None else None
+                if pcm:
+                    events.append(ModelAudio(pcm))
         if content.output_transcription is not None and content.output_transcription.text:
             events.append(OutputTranscript(content.output_transcription.text))
         if content.generation_complete:
@@ -215,11 +247,24 @@ class ModelSession(Protocol):
 
 
 class GeminiSession:
-    """A connected Gemini Live session."""
+    """A connected Gemini Live session.
+
+    A server message the SDK cannot parse (not JSON, bad base64, no key it knows) is skipped, and
+    so is audio the bridge cannot play (see `translate`): the connection itself is fine, and a
+    newer server must not end calls. Each kind of problem is logged once per session at WARNING,
+    then at DEBUG; `skipped` counts them. Only `MAX_UNPARSABLE_IN_A_ROW` unparsable messages in a
+    row are borne: then the session counts as closed, so that the call reconnects (or apologises)
+    instead of waiting on a server that only sends garbage.
+    """
+
+    MAX_UNPARSABLE_IN_A_ROW = 50
 
     def __init__(self, session: genai.live.AsyncSession) -> None:
         self._session = session
         self.on_message: Callable[[Mapping[str, Any]], None] | None = None
+        self.skipped = 0
+        self._unparsable_in_a_row = 0
+        self._reported: set[str] = set()
 
     async def send_audio(self, pcm16k: bytes) -> None:
         try:
@@ -249,20 +294,63 @@ class GeminiSession:
     async def events(self) -> AsyncIterator[ModelEvent]:
         """Every event until the connection ends, which raises `ModelSessionClosed`."""
         while True:
-            # receive() stops after each turnComplete; a call-long bridge loops over it.
-            try:
-                async for message in self._session.receive():
-                    if self.on_message is not None:
-                        self.on_message(
-                            message.model_dump(mode="json", exclude_none=True, by_alias=True)
-                        )
-                    for event in translate(message):
-                        yield event
-            except genai_errors.APIError as exc:
-                raise ModelSessionClosed(exc.code, str(exc.message or exc.status or "")) from None
-            except websockets.ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else 1006
-                raise ModelSessionClosed(code, "connection closed") from None
+            # receive() stops after each turnComplete, and after a message it cannot parse; a
+            # call-long bridge loops over it.
+            messages = self._session.receive()
+            while True:
+                try:
+                    message = await anext(messages)
+                except StopAsyncIteration:
+                    break
+                except genai_errors.APIError as exc:
+                    raise ModelSessionClosed(
+                        exc.code, str(exc.message or exc.status or "")
+                    ) from None
+                except websockets.ConnectionClosed as exc:
+                    code = exc.rcvd.code if exc.rcvd else 1006
+                    raise ModelSessionClosed(code, "connection closed") from None
+                except (ValueError, TypeError, AttributeError, LookupError) as exc:
+                    # The SDK read a frame and failed to parse it. Only the SDK's step is guarded
+                    # here: an error in our own handling below still raises.
+                    self._unparsable(exc)
+                    break
+                self._unparsable_in_a_row = 0
+                if self.on_message is not None:
+                    self.on_message(
+                        message.model_dump(mode="json", exclude_none=True, by_alias=True)
+                    )
+                dropped: list[tuple[str, str]] = []
+                events = translate(message, dropped)
+                for problem, detail in dropped:
+                    self._skip(problem, detail)
+                for event in events:
+                    yield event
+
+    def _unparsable(self, exc: Exception) -> None:
+        self._unparsable_in_a_row += 1
+        if isinstance(exc, pydantic.ValidationError):
+            error = exc.errors()[0]
+            detail = ".".join(map(str, error["loc"])) + ": " + error["msg"]
+        elif isinstance(exc, ValueError):
+            detail = "not JSON"
+        else:
+            detail = f"no field the SDK knows ({type(exc).__name__})"  # e.g. a newer API's message
+        self._skip("unparsable server message skipped", detail)
+        if self._unparsable_in_a_row >= self.MAX_UNPARSABLE_IN_A_ROW:
+            count = self._unparsable_in_a_row
+            raise ModelSessionClosed(None, f"{count} unparsable messages in a row") from None
+
+    def _skip(self, problem: str, detail: str) -> None:
+        self.skipped += 1
+        first = problem not in self._reported
+        self._reported.add(problem)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "bad model output: %s (%s)",
+            problem,
+            detail[:200],
+            extra={"event": "model.bad_output", "problem": problem, "skipped": self.skipped},
+        )
 
 
 def connect_config(
@@ -309,7 +397,12 @@ def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
 
 
 class GeminiConnector:
-    """Opens Gemini Live sessions; one per process, shared by all calls."""
+    """Opens Gemini Live sessions; one per process, shared by all calls.
+
+    A session must be set up within `setup_timeout_s` (connection, TLS, WebSocket handshake and
+    the server's `setupComplete`), else `connect` raises `ModelSessionClosed`: the SDK itself
+    waits for `setupComplete` for ever.
+    """
 
     def __init__(
         self,
@@ -319,13 +412,20 @@ class GeminiConnector:
         base_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         declarations: list[types.FunctionDeclaration] | None = None,
+        setup_timeout_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.model = settings.model
+        self.setup_timeout_s = (
+            setup_timeout_s if setup_timeout_s is not None else settings.model_setup_timeout_s
+        )
         http_options: dict[str, Any] = {"api_version": "v1beta"}
         if base_url:
             http_options["base_url"] = base_url
-        http_options["async_client_args"] = {"ssl": ssl_context or client_ssl_context()}
+        http_options["async_client_args"] = {
+            "ssl": ssl_context or client_ssl_context(),
+            "close_timeout": CLOSE_TIMEOUT_S,  # passed on to websockets' connect
+        }
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(**http_options))
         self._config = connect_config(settings, declarations)
 
@@ -347,7 +447,25 @@ class GeminiConnector:
                 }
             )
         try:
-            async with self._client.aio.live.connect(model=self.model, config=config) as session:
+            async with AsyncExitStack() as stack:
+                try:
+                    # One plain asyncio cancellation, not an anyio scope: that would cancel the
+                    # SDK's own clean-up too, and leave the socket of a server that does not
+                    # answer the close open; this way the SDK closes it (within CLOSE_TIMEOUT_S).
+                    async with asyncio.timeout(self.setup_timeout_s):
+                        session = await stack.enter_async_context(
+                            self._client.aio.live.connect(model=self.model, config=config)
+                        )
+                except TimeoutError:
+                    timeout = self.setup_timeout_s
+                    log.warning(
+                        "model session not set up within %g s",
+                        timeout,
+                        extra={"event": "model.setup_timeout", "timeout_s": timeout},
+                    )
+                    raise ModelSessionClosed(
+                        None, f"no setupComplete within {timeout:g} s"
+                    ) from None
                 yield GeminiSession(session)
         except genai_errors.APIError as exc:
             raise ModelSessionClosed(exc.code, str(exc.message or exc.status or "")) from None

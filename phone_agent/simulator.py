@@ -20,7 +20,7 @@ import secrets
 import warnings
 import wave
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Literal, NamedTuple
@@ -164,7 +164,18 @@ class WaitForAgentSilence:
             raise ValueError(f"invalid {self!r}")
 
 
-CallerStep = Say | Silence | Dtmf | Gap | HangUp | WaitForAgentAudio | WaitForAgentSilence
+@dataclass(frozen=True)
+class WaitUntil:
+    """Send silence until ``ready()`` is true: the test outside the call says when (e.g. after it
+    signalled the server). Checked every 20 ms frame. Timeouts behave as in `WaitForAgentAudio`."""
+
+    ready: Callable[[], bool]
+    timeout_ms: int = 20_000
+
+
+CallerStep = (
+    Say | Silence | Dtmf | Gap | HangUp | WaitForAgentAudio | WaitForAgentSilence | WaitUntil
+)
 
 
 # --- playback buffer (no I/O, no clock) ------------------------------------------------------
@@ -512,6 +523,8 @@ class _ScriptCursor:
             else:
                 if isinstance(step, WaitForAgentAudio):
                     ready = obs.played_bytes - self._wait_base >= step.min_ms * BYTES_PER_MS
+                elif isinstance(step, WaitUntil):
+                    ready = step.ready()
                 else:
                     ready = obs.buffered_bytes == 0 and t_ms - obs.last_agent_activity_ms >= step.ms
                 if not ready:
@@ -568,7 +581,7 @@ class TwilioCallerSimulator:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         if math.isinf(speed) and any(
-            isinstance(s, WaitForAgentAudio | WaitForAgentSilence) for s in script
+            isinstance(s, WaitForAgentAudio | WaitForAgentSilence | WaitUntil) for s in script
         ):
             raise ValueError("wait steps need a finite speed: the agent needs time to answer")
         self.url = url

@@ -56,6 +56,7 @@ from phone_agent.emulator.script import (
     EmulatorScript,
     GoAway,
     Pause,
+    Raw,
     Recorded,
     RecordedItem,
     Reply,
@@ -66,6 +67,7 @@ from phone_agent.emulator.session import (
     ClientRecord,
     EmulatorSession,
     Notify,
+    Observe,
     Outcome,
     ReplyRecord,
     SentRecord,
@@ -93,6 +95,8 @@ class Options:
     """What paces replies and goAway: wall time, or the caller audio received (see `pacing`)."""
     setup_delay_s: float = 0.0
     """How long `setupComplete` takes, as the real service's connection set-up does (benchmarks)."""
+    observe: Observe | None = None
+    """Told, with timestamps, of every audio chunk and text in and message out (benchmarks)."""
 
 
 class _Stop(Exception):
@@ -243,6 +247,12 @@ class Conversation:
                 self._cursor = self._handles[info.resumption_handle]
             else:
                 log.info("session %d: unknown resumption handle, starting afresh", self.record.id)
+        if not self._script.setup_complete:
+            log.info("session %d: withholding setupComplete, as scripted", self.record.id)
+            self._notify()
+            async for _ in self._ws:
+                pass  # a server hung at set-up: read (so the client can close) and ignore
+            raise _Stop
         if self._options.setup_delay_s > 0:
             await asyncio.sleep(self._options.setup_delay_s)
         await self._send("setupComplete", protocol.setup_complete())
@@ -273,6 +283,7 @@ class Conversation:
                 rec = self.record
                 rec.audio_in_ms += ms
                 rec.audio_in_rate = rate
+                self._observed("audio_in", ms)
                 if self._options.record_messages:
                     rec.audio_in_pcm += pcm
                 self._usage.audio_in_ms += ms
@@ -299,10 +310,12 @@ class Conversation:
                     if isinstance(vad_event, SpeechEnded):
                         self._speech_ended("vad", vad_event.at_ms)
             case TextIn(text):
+                self._observed("text_in", text)
                 self._record_client("text", {"text": text})
                 self._usage.text_in_chars += len(text)
                 self._fire(Trigger.TEXT, self.record.audio_in_ms)
             case ClientContent():
+                self._observed("text_in", event.text)
                 self._record_client(
                     "client_content",
                     {"turns": list(event.turns), "turn_complete": event.turn_complete},
@@ -462,6 +475,9 @@ class Conversation:
                     case Pause(duration_ms):
                         position += duration_ms
                         await pacer.until(position)
+                    case Raw():
+                        at = await pacer.until(position)
+                        await self._send("raw", step.frame, _raw_summary(step), at=at)
                     case Close(code, reason):
                         await pacer.until(position)
                         # The reply cut by the failure is spent: a client resuming with any handle
@@ -654,19 +670,27 @@ class Conversation:
     async def _send(
         self,
         kind: str,
-        message: dict[str, Any],
+        message: dict[str, Any] | str | bytes,
         data: dict[str, Any] | None = None,
         *,
         at: float | None = None,
     ) -> None:
-        """Send a message; `at` is when it was due on the connection's clock, if it was paced."""
+        """Send a message (or a raw frame, with `data` its summary); `at` is when it was due on the
+        connection's clock, if it was paced."""
         # Binary frames, as the real service sends; the SDK parses text and binary alike.
-        await self._ws.send(protocol.encode(message))
+        frame = message if isinstance(message, str | bytes) else protocol.encode(message)
+        await self._ws.send(frame)
+        self._observed(kind, None)
         if self._options.record_messages:
-            summary = data if data is not None else message
+            if data is None:
+                data = message if isinstance(message, dict) else {}
             audio_ms = self.record.audio_in_ms if at is None else self._audio_ms(at)
-            self.record.sent.append(SentRecord(kind, time.monotonic(), summary, audio_ms))
+            self.record.sent.append(SentRecord(kind, time.monotonic(), data, audio_ms))
         self._notify()
+
+    def _observed(self, kind: str, detail: object) -> None:
+        if self._options.observe is not None:
+            self._options.observe(self.record.id, kind, time.monotonic(), detail)
 
     def _record_client(self, kind: str, data: dict[str, Any] | None = None) -> None:
         if self._options.record_messages or kind == "malformed":
@@ -675,6 +699,15 @@ class Conversation:
     def _require_setup(self) -> SetupInfo:
         assert self._setup is not None, "setup is handled before anything else"
         return self._setup
+
+
+def _raw_summary(step: Raw) -> dict[str, Any]:
+    """How a raw message is recorded: the message itself, or a text or binary frame's content."""
+    if isinstance(step.message, str):
+        return {"text": step.message}
+    if isinstance(step.message, bytes):
+        return {"bytes": step.message}
+    return dict(step.message)
 
 
 class _Unknown(dict[str, Any]):

@@ -22,6 +22,7 @@ Dict form (every key optional unless noted)::
             {"pause_ms": 200},
             {"say": "It shipped."},
             {"recorded": [{"t_ms": 0, "message": {"serverContent": {...}}}, ...]},
+            {"raw": {"serverContent": {"futureField": 1}}},  # sent as is, unchecked
             {"close": {"code": 1011, "reason": "Internal error encountered."}}]},
         {"trigger": "speech_end",                # recorded form: one `Recorded` step
          "recorded": [{"t_ms": 0, "message": {"serverContent": {"outputTranscription": ...}}},
@@ -29,7 +30,8 @@ Dict form (every key optional unless noted)::
          "wait_for_tools": true}],
      "default_reply": {"trigger": "any", "text": "I'm the emulator."},
      "go_away": {"after_s": 540, "time_left_s": 60, "close_code": 1000},
-     "resumption_updates": true}
+     "resumption_updates": true,
+     "setup_complete": true}                     # false: a server that never finishes set-up
 
 Audio is one of ``{"tone": {...}}``, ``{"silence_ms": N}``, ``{"pcm_base64": "..."}``,
 ``{"pcm_file": "path.raw"}`` (int16 LE mono 24 kHz) or ``{"wav_file": "path.wav"}`` (16-bit mono
@@ -38,6 +40,9 @@ Audio is one of ``{"tone": {...}}``, ``{"silence_ms": N}``, ``{"pcm_base64": "..
 A recorded step is ``{"recorded": [{"t_ms": N, "message": {...}}, ...]}`` or
 ``{"recorded": {"messages": [...], "wait_for_tools": false}}``: Gemini server messages as recorded,
 each with its offset in ms from the start of the step (see `Recorded`).
+
+A raw step is ``{"raw": {...}}`` (an object, sent as JSON) or ``{"raw": "text"}`` (sent as a text
+frame, JSON or not): a message exactly as a misbehaving server would send it (see `Raw`).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import orjson
 
 from phone_agent.emulator import audio as pcm
 from phone_agent.emulator.audio import OUTPUT_RATE
-from phone_agent.emulator.protocol import RecordedMessage, recorded_message
+from phone_agent.emulator.protocol import RecordedMessage, encode, recorded_message
 
 
 class ScriptError(ValueError):
@@ -234,7 +239,36 @@ class Recorded:
         object.__setattr__(self, "cut_short", any(m.interrupted for _, m in prepared))
 
 
-Step = Say | CallTools | Pause | Close | Recorded
+@dataclass(frozen=True)
+class Raw:
+    """Send one message exactly as given, unchecked: what a misbehaving (or newer) server sends.
+
+    A mapping goes out as JSON in a binary frame, as every emulator message does; `str` goes out
+    as a text frame and `bytes` as a binary frame, whatever they hold (JSON or not). Nothing is
+    validated, normalised or counted as reply output (audio time, usage, tool calls): use it for
+    unknown keys, garbage audio or frames that are not JSON at all.
+    """
+
+    message: Mapping[str, Any] | str | bytes
+
+    def __post_init__(self) -> None:
+        if isinstance(self.message, Mapping):
+            try:
+                encode(self.message)
+            except orjson.JSONEncodeError as exc:
+                raise ScriptError(f"Raw.message: cannot be sent as JSON: {exc}") from None
+        elif not isinstance(self.message, str | bytes):
+            raise ScriptError("Raw.message: expected an object, a string or bytes")
+
+    @property
+    def frame(self) -> str | bytes:
+        """The WebSocket frame to send: text for `str`, binary otherwise."""
+        if isinstance(self.message, Mapping):
+            return encode(self.message)
+        return self.message
+
+
+Step = Say | CallTools | Pause | Close | Recorded | Raw
 
 
 @dataclass(frozen=True)
@@ -300,12 +334,15 @@ class EmulatorScript:
     Each connection starts at the first reply; a connection resuming with a handle the emulator
     issued continues where that handle was issued. `resumption_updates`: send
     `sessionResumptionUpdate` after every turn when the setup asked for session resumption.
+    `setup_complete=False`: answer no setup, as a server hanging at set-up would; the connection
+    stays open (client messages read and ignored) until the client gives up.
     """
 
     replies: Sequence[Reply] = ()
     default_reply: Reply = DEFAULT_REPLY
     go_away: GoAway | None = None
     resumption_updates: bool = True
+    setup_complete: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "replies", tuple(self.replies))
@@ -490,8 +527,9 @@ def _parse_script(obj: _Obj) -> EmulatorScript:
     )
     go_away = _parse_go_away(obj.child("go_away")) if obj.has("go_away") else None
     resumption_updates = obj.bool_("resumption_updates", True)
+    setup_complete = obj.bool_("setup_complete", True)
     obj.done()
-    return EmulatorScript(replies, default, go_away, resumption_updates)
+    return EmulatorScript(replies, default, go_away, resumption_updates, setup_complete)
 
 
 def _parse_reply(obj: _Obj) -> Reply:
@@ -537,7 +575,7 @@ def _parse_step(obj: _Obj) -> Step:
     if len(obj.data) != 1:
         raise ScriptError(
             f"{obj.path}: a step is an object with exactly one of 'say', 'call_tools', "
-            "'pause_ms', 'recorded', 'close'"
+            "'pause_ms', 'recorded', 'raw', 'close'"
         )
     step: Step
     if obj.has("say"):
@@ -566,6 +604,11 @@ def _parse_step(obj: _Obj) -> Step:
             recorded = obj.child("recorded")
             step = _parse_recorded(recorded, "messages", recorded.bool_("wait_for_tools", True))
             recorded.done()
+    elif obj.has("raw"):
+        message = obj.raw("raw")
+        if not isinstance(message, Mapping | str):
+            raise ScriptError(f"{obj.path}.raw: expected an object or a string")
+        step = Raw(message)
     elif obj.has("close"):
         close = obj.child("close")
         step = Close(

@@ -20,7 +20,7 @@ from phone_agent.emulator import protocol
 from phone_agent.emulator.conversation import Conversation, Options
 from phone_agent.emulator.pacing import CLOCKS, Changes, ClockName
 from phone_agent.emulator.script import EmulatorScript
-from phone_agent.emulator.session import EmulatorSession
+from phone_agent.emulator.session import EmulatorSession, Observe
 from phone_agent.emulator.tls import EmulatorTLS
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class GeminiEmulator:
     `vad_threshold_dbfs` is the RMS level above which caller audio counts as speech.
     `record_messages=False` keeps session records small for long-running use (offline mode): no
     per-message records and no caller PCM, only setup, speech, replies and how the session ended.
+    `observe` is told, with timestamps, of every audio chunk and text in and every message out
+    (benchmarks: see `session.Observe`).
 
     Use as `async with GeminiEmulator(script) as emu:` or with `start()` / `close()`; point the SDK
     at it with `http_options(emu)`. Each connection gets its own `EmulatorSession` in `sessions`.
@@ -63,6 +65,7 @@ class GeminiEmulator:
         record_messages: bool = True,
         setup_delay_s: float = 0.0,
         clock: ClockName = "wall",
+        observe: Observe | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be positive, got {speed}")
@@ -81,6 +84,7 @@ class GeminiEmulator:
             record_messages=record_messages,
             setup_delay_s=setup_delay_s,
             clock=clock,
+            observe=observe,
         )
         self._tls: EmulatorTLS | None = None
         self._server: Server | None = None
