@@ -7,7 +7,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -35,7 +35,7 @@ from phone_agent.call_store import CallStore
 from phone_agent.capabilities import capabilities_for
 from phone_agent.config import ConfigError, Settings
 from phone_agent.drain import DrainState
-from phone_agent.gemini import GeminiConnector
+from phone_agent.gemini import GeminiConnector, ModelSession
 from phone_agent.limits import (
     CallLimits,
     Counters,
@@ -43,6 +43,7 @@ from phone_agent.limits import (
     MemoryCounters,
     RedisCounters,
 )
+from phone_agent.live_tokens import LiveTokenIssuer, live_token_routes
 from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from phone_agent.metrics import Metrics
@@ -50,6 +51,7 @@ from phone_agent.model_link import ModelConnect
 from phone_agent.observer import CallObserver
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
+from phone_agent.outcomes import MemoryOutcomes, Outcomes, RedisOutcomes
 from phone_agent.prewarm import PrewarmPool
 from phone_agent.pricing import Budget
 from phone_agent.recorder import RecordingPolicy
@@ -76,7 +78,7 @@ class AppState:
     call_control: CallControl | None = None
     prewarm: PrewarmPool | None = None
     tokens: StreamTokens | None = None
-    outcomes: dict[str, EndReason] = field(default_factory=dict)
+    outcomes: Outcomes = field(default_factory=MemoryOutcomes)
     metrics: Metrics = field(default_factory=Metrics)
     call_store: CallStore | None = None
     reports: list[CallReport] = field(default_factory=list)
@@ -205,7 +207,38 @@ async def _start_model(state: AppState, stack: AsyncExitStack) -> None:
     state.connect_model = connector.connect
 
 
+class CountedConnect:
+    """A `ModelConnect` counting the sessions it opens (`phone_agent_model_sessions_total`)."""
+
+    def __init__(self, connect: ModelConnect, metrics: Metrics) -> None:
+        self._connect = connect
+        self._metrics = metrics
+
+    def __call__(
+        self, *, resumption_handle: str | None = None, extra_instruction: str = ""
+    ) -> AbstractAsyncContextManager[ModelSession]:
+        kind = "resume" if resumption_handle else "new"
+        self._metrics.model_sessions.labels(kind).inc()
+        return self._connect(
+            resumption_handle=resumption_handle, extra_instruction=extra_instruction
+        )
+
+
 RECORD_SAVE_TIMEOUT_S = 5.0
+
+
+async def _keep_outcome(outcomes: Outcomes, summary: CallSummary) -> None:
+    """Remember how the stream ended for `/twilio/stream-ended` (which may ask another replica)."""
+    if not summary.call_sid or summary.end_reason is None:
+        return
+    try:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + RECORD_SAVE_TIMEOUT_S
+            await outcomes.put(summary.call_sid, summary.end_reason.value)
+    except Exception:
+        log.exception(
+            "call outcome not kept", extra={"event": "call.outcome", "call_sid": summary.call_sid}
+        )
 
 
 async def _keep_record(store: CallStore | None, report: CallReport) -> None:
@@ -246,7 +279,9 @@ def create_app(
     budget = Budget(settings.call_budget_usd or None)
     cipher = settings.data_cipher()
     counters: Counters = (
-        RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+        RedisCounters(settings.redis_url, prefix=settings.redis_prefix + "limit:")
+        if settings.redis_url
+        else MemoryCounters()
     )
     limits = CallLimits(
         counters,
@@ -255,7 +290,14 @@ def create_app(
         max_concurrent_calls=settings.max_concurrent_calls,
     )
     nonces: NonceStore = (
-        RedisNonceStore(settings.redis_url) if settings.redis_url else MemoryNonceStore()
+        RedisNonceStore(settings.redis_url, prefix=settings.redis_prefix + "stream-token:")
+        if settings.redis_url
+        else MemoryNonceStore()
+    )
+    outcomes: Outcomes = (
+        RedisOutcomes(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else MemoryOutcomes()
     )
     tokens = StreamTokens(
         derive_key(
@@ -271,6 +313,7 @@ def create_app(
         keep_summaries=keep_summaries,
         tooling=tooling,
         tokens=tokens,
+        outcomes=outcomes,
     )
     options = CallOptions(
         start_timeout_s=settings.start_timeout_s,
@@ -298,6 +341,8 @@ def create_app(
                 stack.push_async_callback(nonces.aclose)
             if isinstance(counters, RedisCounters):
                 stack.push_async_callback(counters.aclose)
+            if isinstance(outcomes, RedisOutcomes):
+                stack.push_async_callback(outcomes.aclose)
             if settings.twilio_account_sid and settings.twilio_auth_token:
                 control = TwilioCallControl(
                     settings.twilio_account_sid,
@@ -326,6 +371,8 @@ def create_app(
                 ).connect
             if state.connect_model is None:
                 await _start_model(state, stack)
+            if state.connect_model is not None:
+                state.connect_model = CountedConnect(state.connect_model, state.metrics)
             if settings.prewarm and state.connect_model is not None:
                 group = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(group.cancel_scope.cancel)
@@ -374,9 +421,7 @@ def create_app(
             state.prewarm.start(form.get("CallSid", ""))
         parameters = webhook.call_parameters(form)
         parameters[TOKEN_PARAMETER] = tokens.mint(form.get("CallSid", ""))
-        state.drain.stream_promised(
-            form.get("CallSid", ""), time.monotonic() + settings.stream_token_ttl_s
-        )
+        state.drain.stream_promised(form.get("CallSid", ""), time.monotonic())
         if request.query_params.get("consent") == "yes":
             parameters[RecordingPolicy.CONSENT_PARAMETER] = "yes"
         action = settings.public_url + STREAM_ENDED_PATH
@@ -388,8 +433,8 @@ def create_app(
         form = await signed_form(request)
         if form is None:
             return PlainTextResponse("Forbidden", status_code=403)
-        reason = state.outcomes.get(form.get("CallSid", ""))
-        if reason is EndReason.MODEL_UNAVAILABLE:
+        reason = await state.outcomes.get(form.get("CallSid", ""))
+        if reason == EndReason.MODEL_UNAVAILABLE.value:
             webhook.log_webhook(form, "apologised: model unavailable")
             return Response(webhook.apology_twiml(settings.transfer_number), media_type=TWIML)
         return Response(webhook.hang_up_twiml(), media_type=TWIML)
@@ -436,18 +481,16 @@ def create_app(
         summary = bridge.summary
         try:
             summary = await bridge.run()
-            if bridge.report is not None and summary.started_at:  # admitted streams only
-                await _keep_record(state.call_store, bridge.report)
+            # Admitted streams only: a refused stream naming the same CallSid (a replay, a
+            # forgery) must change nothing of the real call (its apology, its record).
+            if summary.started_at:
+                state.drain.stream_arrived(summary.call_sid)
+                await _keep_outcome(state.outcomes, summary)
+                if bridge.report is not None:
+                    await _keep_record(state.call_store, bridge.report)
         finally:
             state.bridges.discard(bridge)
-            state.drain.stream_arrived(summary.call_sid)
             state.call_ended(summary, bridge.report)
-            # Outcomes of admitted streams only: a refused stream naming the same CallSid (a
-            # replay, a forgery) must not turn the caller's apology into a hang-up.
-            if summary.call_sid and summary.started_at and summary.end_reason is not None:
-                state.outcomes[summary.call_sid] = summary.end_reason
-                while len(state.outcomes) > 1000:
-                    state.outcomes.pop(next(iter(state.outcomes)))
 
     async def metrics(request: Request) -> Response:
         token = settings.metrics_token
@@ -479,6 +522,9 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *live_token_routes(
+                settings, LiveTokenIssuer.from_settings(settings, gemini), counters=counters
+            ),
         ],
         lifespan=lifespan,
     )

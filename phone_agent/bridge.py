@@ -114,6 +114,9 @@ MAX_DURATION_GOODBYE = (
 )
 
 
+CALLER_GONE_GRACE_S = 2.0
+
+
 class _CallerGone(Exception):
     pass
 
@@ -330,7 +333,11 @@ class CallBridge:
                 elif self.options.greeting:
                     await self._send_text(self.options.greeting)
                 group.start_soon(self._guard, self._uplink_pump(link), group.cancel_scope)
-                group.start_soon(self._guard, self._downlink_pump(link), group.cancel_scope)
+                group.start_soon(
+                    partial(self._guard, reads_caller=False),
+                    self._downlink_pump(link),
+                    group.cancel_scope,
+                )
                 group.start_soon(self._guard_timer, self._timers(link))
         except AdmissionError as exc:
             self._end(EndReason.ADMISSION_REFUSED, f"{exc.reason}: {exc}")
@@ -387,13 +394,19 @@ class CallBridge:
 
     # -- pumps ------------------------------------------------------------------------------
 
-    async def _guard(self, pump: Any, scope: anyio.CancelScope) -> None:
+    async def _guard(
+        self, pump: Any, scope: anyio.CancelScope, *, reads_caller: bool = True
+    ) -> None:
         """Run one pump; its end, for any expected reason, ends the call."""
         try:
             await pump
         except TwilioProtocolError as exc:
             self._end(EndReason.PROTOCOL_ERROR, str(exc))
         except _CallerGone:
+            if not reads_caller:
+                # A send failed because the caller hung up: what they sent last (a `stop`) may
+                # still be queued. The uplink reads it and ends the call with the right reason.
+                await anyio.sleep(CALLER_GONE_GRACE_S)
             self._end(EndReason.CALLER_DISCONNECT, "socket closed")
         except _PlaybackStalled:
             self._end(EndReason.PLAYBACK_STALLED, "the phone stopped confirming playback")

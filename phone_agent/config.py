@@ -129,8 +129,14 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for state shared by replicas (single-use stream tokens), e.g. "
-        "redis://127.0.0.1:6379/0. Unset: in-process.",
+        description="Redis for state shared by replicas (single-use stream tokens, rate limits, "
+        "call outcomes), e.g. redis://127.0.0.1:6379/0. Unset: in-process.",
+    )
+    redis_prefix: str = Field(
+        default="phone-agent:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of every Redis key, so deployments can share one Redis.",
     )
     max_unheard_s: float = Field(
         default=90.0,
@@ -223,6 +229,29 @@ class Settings(BaseSettings):
         description="Bearer token required on GET /metrics. Unset: /metrics is open (keep it "
         "off the public ingress; infra/ does).",
     )
+    softphone_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Operator secret for the browser softphone (/softphone), typed into the page "
+        "(at least 16 characters). Unset: the softphone routes are off (404).",
+    )
+    live_token_client_secret: SecretStr | None = Field(
+        default=None,
+        description="Bearer secret first-party clients present on POST /v1/live-token to get a "
+        "Gemini Live ephemeral token (at least 16 characters). Unset: the endpoint is off (404).",
+    )
+    live_token_ttl_s: float = Field(
+        default=120.0,
+        ge=10,
+        le=1200,
+        description="How long a minted Live token is valid; a session must start with it within "
+        "60 s (or this, if shorter). Single use.",
+    )
+    live_token_rate_limit_per_address: int = Field(
+        default=10,
+        ge=0,
+        description="Live tokens one source address may request per minute (0: no limit).",
+    )
     data_key: SecretStr | None = Field(
         default=None,
         description="Key(s) sealing what is kept about callers: recordings, caller-memory notes, "
@@ -300,6 +329,15 @@ class Settings(BaseSettings):
             parse_keys(value.get_secret_value())
         except EncryptionError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("live_token_client_secret")
+    @classmethod
+    def _check_live_token_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return value
 
     @model_validator(mode="after")

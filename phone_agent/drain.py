@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 GOODBYE_MARGIN_S = 20.0
 """After the deadline, how long the goodbyes may take before the server stops regardless."""
+STREAM_ARRIVAL_S = 10.0
+"""How long after its webhook a call's stream is awaited: Twilio connects it within seconds, and
+it may connect to another replica, which this one cannot see."""
 
 
 class Endable(Protocol):
@@ -46,15 +49,15 @@ class DrainState:
     draining: bool = False
     deadline: float | None = None
     pending_streams: dict[str, float] = field(default_factory=dict)
-    """Stream tokens handed out (CallSid → expiry, monotonic) whose stream has not started."""
+    """Webhooks answered (CallSid → when to stop waiting, monotonic) whose stream has not come."""
 
     def begin(self, timeout_s: float, now: float) -> None:
         if not self.draining:
             self.draining = True
             self.deadline = now + timeout_s
 
-    def stream_promised(self, call_sid: str, expires_at: float) -> None:
-        self.pending_streams[call_sid] = expires_at
+    def stream_promised(self, call_sid: str, now: float) -> None:
+        self.pending_streams[call_sid] = now + STREAM_ARRIVAL_S
 
     def stream_arrived(self, call_sid: str) -> None:
         self.pending_streams.pop(call_sid, None)

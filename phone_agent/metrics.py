@@ -20,6 +20,7 @@ modalities), never caller data.
 | `phone_agent_tokens_total` | counter | `modality` (`text`, `audio`), `direction` (`in`, `out`) |
 | `phone_agent_cost_usd_total` | counter | `component` (`model`, `twilio`) |
 | `phone_agent_webhooks_total` | counter | `outcome` |
+| `phone_agent_model_sessions_total` | counter | `kind`: `new`, `resume` (pre-warmed included) |
 
 Turn latency is measured from when the caller stopped speaking to the first agent audio sent to
 Twilio (`sent`) and to the first agent audio the phone confirmed playing by a mark echo (`heard`).
@@ -99,6 +100,13 @@ class Metrics:
         )
         self.webhooks = Counter(
             p + "webhooks", "Voice webhooks, by outcome.", ["outcome"], registry=registry
+        )
+
+        self.model_sessions = Counter(
+            p + "model_sessions",
+            "Model sessions opened (each is paid for), by kind.",
+            ["kind"],
+            registry=registry,
         )
 
     def render(self) -> bytes:

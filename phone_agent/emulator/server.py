@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from phone_agent.emulator import protocol
+from phone_agent.emulator import protocol, rest
+from phone_agent.emulator.auth_tokens import Admitted, AuthTokens, Refused, admit_connection
 from phone_agent.emulator.conversation import Conversation, Options
 from phone_agent.emulator.pacing import CLOCKS, Changes, ClockName
 from phone_agent.emulator.script import EmulatorScript
@@ -48,6 +51,10 @@ class GeminiEmulator:
     per-message records and no caller PCM, only setup, speech, replies and how the session ended.
     `observe` is told, with timestamps, of every audio chunk and text in and every message out
     (benchmarks: see `session.Observe`).
+    `api_key`, when set, is the only key REST calls and plain Live sessions are accepted with.
+    The same port serves `auth_tokens.create` (REST) and enforces ephemeral tokens on
+    `BidiGenerateContentConstrained`: see `emulator.auth_tokens`; `auth_tokens` holds the tokens
+    issued and the clock that expires them.
 
     Use as `async with GeminiEmulator(script) as emu:` or with `start()` / `close()`; point the SDK
     at it with `http_options(emu)`. Each connection gets its own `EmulatorSession` in `sessions`.
@@ -66,6 +73,7 @@ class GeminiEmulator:
         setup_delay_s: float = 0.0,
         clock: ClockName = "wall",
         observe: Observe | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be positive, got {speed}")
@@ -94,6 +102,8 @@ class GeminiEmulator:
         self._handles: dict[str, int] = {}
         self._changes: Changes | None = None
         self._closed = False
+        self.auth_tokens = AuthTokens(api_key=api_key)
+        """Ephemeral tokens issued here; tests may replace its `clock`."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class GeminiEmulator:
                 compression=None,
                 max_size=_MAX_MESSAGE_BYTES,
                 close_timeout=2.0,
+                create_connection=rest.connection_class(self.auth_tokens.handle),
             )
         except BaseException:
             self._tls.close()
@@ -227,18 +238,39 @@ class GeminiEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
+        credential = _api_key(request)
         record = EmulatorSession(
             id=len(self._sessions) + 1,
             path=request.path,
-            api_key=_api_key(request),
+            api_key=credential,
             started_at=time.monotonic(),
         )
         self._sessions.append(record)
-        conv = Conversation(ws, record, self.script, self._options, self._handles, self._notify)
+        connection, decision = ws, None
+        if self.auth_tokens.guards(urlsplit(request.path).path, credential):
+            with contextlib.suppress(ConnectionClosed):  # gone: the conversation sees it at once
+                connection, decision = await admit_connection(
+                    ws,
+                    self.auth_tokens,
+                    credential,
+                    self._handles,
+                    setup_timeout_s=self._options.setup_timeout_s,
+                )
+        conv = Conversation(
+            connection, record, self.script, self._options, self._handles, self._notify
+        )
         self._live.add(conv)
         self._notify()
         try:
-            await conv.run()
+            if isinstance(decision, Refused):
+                log.info("session %d refused: %s", record.id, decision.reason)
+                record.error = decision.reason
+                await conv.close(decision.code, decision.reason)
+            elif isinstance(decision, Admitted) and decision.expires_at is not None:
+                record.auth_token = decision.token.name if decision.token else None
+                await self._run_until(conv, decision.expires_at)
+            else:
+                await conv.run()
         except Exception as exc:
             log.exception("session %d: emulator error", record.id)
             record.error = f"emulator error: {exc!r}"
@@ -247,6 +279,19 @@ class GeminiEmulator:
             self._live.discard(conv)
             await ws.close()
             conv.finish()
+
+    async def _run_until(self, conv: Conversation, expires_at: float) -> None:
+        """Run a session admitted by an auth token; close it (1008) when the token expires."""
+        delay = expires_at - self.auth_tokens.clock()
+        deadline = asyncio.timeout(max(delay, 0.0))
+        try:
+            async with deadline:
+                await conv.run()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            conv.record.error = "auth token expired"
+            await conv.close(protocol.CLOSE_POLICY, "auth token expired")
 
     def _notify(self) -> None:
         if self._changes is not None:

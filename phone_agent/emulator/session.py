@@ -96,6 +96,9 @@ class EmulatorSession:
     closed_by: str | None = None  # "client" | "emulator"
     error: str | None = None
     """Why the emulator closed the connection, when the client sent something malformed."""
+    auth_token: str | None = None
+    """The ephemeral auth token that admitted the session (see `emulator.auth_tokens`); `setup`
+    is then the effective one, with the token's locked fields."""
 
     @property
     def ended(self) -> bool:

@@ -84,14 +84,15 @@ async def test_other_paths_are_rejected() -> None:
 
 
 async def test_path_is_matched_loosely_and_tokens_are_recorded() -> None:
-    path = (
-        "/prefix//ws/google.ai.generativelanguage.v1alpha.GenerativeService"
-        ".BidiGenerateContentConstrained?access_token=auth_tokens/abc"
-    )
     async with GeminiEmulator() as emu:
+        token = emu.auth_tokens.issue({}).name  # the constrained method wants a real one
+        path = (
+            "/prefix//ws/google.ai.generativelanguage.v1alpha.GenerativeService"
+            f".BidiGenerateContentConstrained?access_token={token}"
+        )
         async with raw_client(emu, path) as ws:
             await set_up(ws)
-        assert emu.sessions[0].api_key == "auth_tokens/abc"
+        assert emu.sessions[0].api_key == token
 
 
 async def test_camel_case_and_standard_base64_at_8_khz() -> None:
