@@ -48,13 +48,13 @@ from phone_agent.memory import CallerMemory, register_memory_tools
 from phone_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from phone_agent.metrics import Metrics
 from phone_agent.model_link import ModelConnect
-from phone_agent.observer import CallObserver
 from phone_agent.orders.store import OrderStore
 from phone_agent.orders.tools import register_order_tools
 from phone_agent.outcomes import MemoryOutcomes, Outcomes, RedisOutcomes
 from phone_agent.prewarm import PrewarmPool
 from phone_agent.pricing import Budget
 from phone_agent.recorder import RecordingPolicy
+from phone_agent.softphone import SoftphoneObserver, softphone_feed, softphone_routes
 from phone_agent.tools.call_tools import register_call_tools
 from phone_agent.tools.registry import ToolRegistry
 
@@ -461,6 +461,14 @@ def create_app(
             )
             await websocket.close(code=1008)
             return
+        observer = SoftphoneObserver(
+            softphone_feed(state),
+            state.metrics,
+            model=settings.model,
+            prices=prices,
+            budget=budget,
+            cipher=cipher,
+        )
         bridge = CallBridge(
             websocket,
             connect,
@@ -471,10 +479,9 @@ def create_app(
             memory=tooling.memory,
             prewarm=state.prewarm,
             admission=tokens,
-            observer=CallObserver(
-                state.metrics, model=settings.model, prices=prices, budget=budget, cipher=cipher
-            ),
+            observer=observer,
         )
+        observer.follow(bridge.summary)
         state.active_calls += 1
         state.calls_total += 1
         state.bridges.add(bridge)
@@ -522,6 +529,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *softphone_routes(settings, state),
             *live_token_routes(
                 settings, LiveTokenIssuer.from_settings(settings, gemini), counters=counters
             ),

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +11,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from anyio.abc import Process
 from twilio.request_validator import RequestValidator
 
 from phone_agent.simulator import (
@@ -27,6 +22,7 @@ from phone_agent.simulator import (
 )
 from phone_agent.simulator import Say as CallerSay
 
+from .servers import ServerProcess, free_port, spawn_server
 from .test_call_e2e import caller_tone
 
 pytestmark = pytest.mark.anyio
@@ -35,19 +31,14 @@ TOKEN = "drain-test-auth-token"
 BUSY = "We are restarting, please call back."
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
-    def __init__(self, process: Process, port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, process: ServerProcess) -> None:
+        self.process = process
+        self.port = process.port
+        self.base = process.url
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.stderr_text()
 
     async def webhook(self, client: httpx.AsyncClient, call_sid: str) -> str:
         form = {"CallSid": call_sid, "From": "+15550100001", "To": "+15550009999"}
@@ -63,7 +54,6 @@ class Server:
 async def serve(tmp_path: Path, drain_timeout_s: float) -> AsyncIterator[Server]:
     port = free_port()
     env = {
-        **os.environ,
         "TWILIO_AUTH_TOKEN": TOKEN,
         "PHONE_AGENT_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "PHONE_AGENT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'agent.db'}",
@@ -72,27 +62,10 @@ async def serve(tmp_path: Path, drain_timeout_s: float) -> AsyncIterator[Server]
         "PHONE_AGENT_GREETING": "",
         "PHONE_AGENT_SILENCE_REPROMPT_S": "0",
         "PHONE_AGENT_SILENCE_HANG_UP_S": "0",
-        "PHONE_AGENT_LOG_FORMAT": "json",
     }
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "phone_agent", "serve", "--port", str(port)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
-        async with httpx.AsyncClient() as client:
-            await wait_for(lambda: _ready(client, server), "the server to be ready", 30)
-        yield server
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with anyio.fail_after(10):
-            await process.wait()
-        await process.aclose()
+    async with spawn_server(env, workdir=tmp_path, port=port) as process:
+        await process.await_ready()
+        yield Server(process)
 
 
 def stream_token(twiml: str) -> str:
@@ -112,8 +85,7 @@ async def wait_for(probe: object, what: str, timeout_s: float = 10.0) -> None:
 
 
 async def exited(server: Server, timeout_s: float) -> int:
-    with anyio.fail_after(timeout_s):
-        return await server.process.wait()
+    return await server.process.wait_exit(timeout_s)
 
 
 async def test_sigterm_drains_calls_in_progress_then_exits(tmp_path: Path) -> None:
@@ -190,14 +162,6 @@ async def test_at_the_deadline_calls_hear_a_goodbye_and_end(tmp_path: Path) -> N
     assert "drain deadline reached: ending 1 call(s)" in text
     assert '"reason":"shutdown"' in text and '"detail":"goodbye heard"' in text
     assert heard.heard_ms > 600  # the answer, then the goodbye
-
-
-async def _ready(client: httpx.AsyncClient, server: Server) -> bool:
-    assert server.process.returncode is None, server.log_text()
-    try:
-        return (await client.get(server.base + "/readyz")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def _active(client: httpx.AsyncClient, server: Server) -> bool:
