@@ -126,4 +126,5 @@ Observe = Callable[[int, str, float, object], None]
 """A hook for benchmarks: called with the session id, what happened, `time.monotonic()` and a
 detail, as caller audio comes in (`"audio_in"`, ms of audio), text comes in (`"text_in"`, the
 text), and each message goes out (its kind: `"audio"`, `"interrupted"`, `"turnComplete"`, …;
-detail None), once it is handed to the socket. It must be quick: it runs in the event loop."""
+detail None), just before it is written to the socket. It must be quick: it runs in the event
+loop."""
