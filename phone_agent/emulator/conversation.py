@@ -679,8 +679,8 @@ class Conversation:
         connection's clock, if it was paced."""
         # Binary frames, as the real service sends; the SDK parses text and binary alike.
         frame = message if isinstance(message, str | bytes) else protocol.encode(message)
+        self._observed(kind, None)  # before: a stamp taken after could follow the peer's receipt
         await self._ws.send(frame)
-        self._observed(kind, None)
         if self._options.record_messages:
             if data is None:
                 data = message if isinstance(message, dict) else {}
