@@ -66,6 +66,7 @@ from phone_agent.twilio_protocol import (
     Media,
     Start,
     Stop,
+    StreamState,
     TwilioProtocolError,
     TwilioStream,
 )
@@ -663,6 +664,7 @@ class CallBridge:
     async def _play(self, mulaw: bytes) -> None:
         if not mulaw:
             return
+        self._check_streaming()
         await self._send(self.stream.media(mulaw))
         commands = self.tracker.on_audio_sent(len(mulaw) / MULAW_BYTES_PER_MS, self.clock())
         self.observer.audio_sent(self.tracker.current)
@@ -672,7 +674,13 @@ class CallBridge:
             # than the limit (and this one chunk) written out to a phone that stopped playing.
             raise _PlaybackStalled
 
+    def _check_streaming(self) -> None:
+        if self.stream.state is not StreamState.STREAMING:
+            raise _CallerGone  # the caller sent `stop` (hung up): nothing more goes out
+
     async def _execute(self, commands: list[Command]) -> None:
+        if commands:
+            self._check_streaming()
         for command in commands:
             if isinstance(command, SendMark):
                 await self._send(self.stream.mark(command.name))

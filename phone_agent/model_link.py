@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import anyio.abc
-import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from google.genai import types
 
 from phone_agent import gemini
+from phone_agent.audio import pcm16_rms
 
 if TYPE_CHECKING:
     from phone_agent.prewarm import WarmSession
@@ -270,12 +270,12 @@ class ModelLink:
         return self._caller_quiet_ms < self.quiet_ms
 
     def _note_caller_level(self, pcm16k: bytes) -> None:
-        samples = np.frombuffer(pcm16k[: len(pcm16k) // 2 * 2], dtype="<i2")
-        if samples.size == 0:
+        whole = pcm16k[: len(pcm16k) // 2 * 2]
+        if not whole:
             return
-        rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+        rms = pcm16_rms(whole)  # C speed: this runs on every caller frame
         dbfs = 20 * math.log10(max(rms, 1e-9) / 32768.0)
-        ms = samples.size / 16.0
+        ms = len(whole) / 2 / 16.0
         loud = dbfs >= QUIET_DBFS
         if loud and self._caller_quiet_ms >= UTTERANCE_GAP_MS:
             self._forget_utterance()  # a new utterance begins

@@ -91,3 +91,56 @@ def test_context_window_compression_only_where_the_model_supports_it() -> None:
     assert on.context_window_compression.sliding_window is not None
     off = gemini.connect_config(Settings(model="some-unknown-model"))
     assert off.context_window_compression is None
+
+
+def test_the_fast_audio_frame_is_the_one_the_sdk_writes() -> None:
+    import json
+
+    from google.genai import _common
+    from google.genai import _live_converters as live_converters
+
+    from phone_agent.gemini import INPUT_MIME, realtime_audio_frame
+
+    pcm = bytes(range(256)) * 3
+    parameters = types.LiveSendRealtimeInputParameters.model_validate(
+        {"audio": types.Blob(data=pcm, mime_type=INPUT_MIME)}
+    )
+    converted = live_converters._LiveSendRealtimeInputParameters_to_mldev(from_object=parameters)
+    sdk = json.dumps(
+        {"realtime_input": _common.encode_unserializable_types(_common.convert_to_dict(converted))}
+    )
+    assert json.loads(realtime_audio_frame(pcm)) == json.loads(sdk)
+
+
+def test_only_pure_audio_messages_take_the_fast_path() -> None:
+    from phone_agent.gemini import audio_only
+
+    part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "AAA="}}
+    assert audio_only({"serverContent": {"modelTurn": {"parts": [part]}}}) == [
+        ("audio/pcm;rate=24000", "AAA=")
+    ]
+    for other in (
+        {"serverContent": {"modelTurn": {"parts": [part]}, "turnComplete": True}},
+        {"serverContent": {"modelTurn": {"parts": [{"text": "hi"}]}}},
+        {"serverContent": {"modelTurn": {"parts": [part]}}, "usageMetadata": {}},
+        {"serverContent": {"modelTurn": {"parts": []}}},
+        {"toolCall": {}},
+    ):
+        assert audio_only(other) is None
+
+
+def test_transcription_only_messages_take_the_fast_path() -> None:
+    from phone_agent.gemini import InputTranscript, OutputTranscript, transcript_only
+
+    assert transcript_only({"serverContent": {"outputTranscription": {"text": "Hi"}}}) == (
+        OutputTranscript("Hi")
+    )
+    assert transcript_only(
+        {"serverContent": {"inputTranscription": {"text": "yes", "finished": True}}}
+    ) == InputTranscript("yes", True)
+    for other in (
+        {"serverContent": {"outputTranscription": {"text": "Hi"}, "turnComplete": True}},
+        {"serverContent": {"outputTranscription": {"text": 3}}},
+        {"serverContent": {"outputTranscription": {"text": "Hi", "extra": 1}}},
+    ):
+        assert transcript_only(other) is None
