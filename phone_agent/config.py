@@ -153,7 +153,10 @@ class Settings(BaseSettings):
         description="Webhook requests per minute from one source address (0: no limit).",
     )
     max_concurrent_calls: int = Field(
-        default=50, ge=0, description="Calls one process carries at once (0: no limit)."
+        default=25,
+        ge=0,
+        description="Calls one process carries at once (0: no limit). 25 keeps one core at about "
+        "75% (tools/loadtest.py).",
     )
     overflow_number: str | None = Field(
         default=None,
