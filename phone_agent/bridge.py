@@ -764,4 +764,14 @@ class CallBridge:
             )
             return
         level = logging.WARNING if reason is EndReason.MODEL_UNAVAILABLE else logging.INFO
-        log.log(level, "call ended", extra=self.summary.as_log())
+        fields = self.summary.as_log()
+        report = self.report
+        if report is not None:
+            fields["model"] = report.model
+            fields["barge_ins"] = report.barge_ins
+            fields["reconnects"] = report.reconnects
+            fields["handovers"] = report.handovers
+            fields["levels"] = report.levels
+            if report.cost is not None:
+                fields["cost"] = report.cost.as_dict()
+        log.log(level, "call ended", extra=fields)

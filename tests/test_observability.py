@@ -115,7 +115,12 @@ async def test_replayed_call_record_metrics_and_logs_match_the_replay(
     # One log event per turn heard, the barge-in, the call's start and end.
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("turn.heard") == 2 and events.count("turn.barge_in") == 1
-    assert "call.start" in events and "call.end" in events
+    assert "call.start" in events
+    [end] = [r for r in caplog.records if getattr(r, "event", None) == "call.end"]
+    fields = end.__dict__  # the `extra=` fields the JSON line carries
+    assert fields["model"] == call.model and fields["barge_ins"] == 1
+    assert fields["cost"]["model_usd"] == pytest.approx(model_usd, abs=1e-6)
+    assert set(fields["levels"]) == {"caller", "agent"}
 
     # And the record in the database, read back whole (the transcript sealed and reopened).
     engine = db.create_engine(settings.database_url or "")
