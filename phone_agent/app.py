@@ -6,7 +6,7 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -227,39 +227,36 @@ class CountedConnect:
 RECORD_SAVE_TIMEOUT_S = 5.0
 
 
+async def _keep(what: str, event: str, call_sid: str, write: Awaitable[None]) -> None:
+    """Write what a finished call leaves behind. Shielded: a server shutting down (or a client
+    going) must not cut a write in half; bounded, so a stuck store cannot hold the call's task for
+    ever; a failure is logged, never the caller's problem."""
+    try:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + RECORD_SAVE_TIMEOUT_S
+            await write
+        if scope.cancelled_caught:
+            log.error(
+                "%s not kept: the store did not answer in time",
+                what,
+                extra={"event": event, "call_sid": call_sid},
+            )
+    except Exception:
+        log.exception("%s not kept", what, extra={"event": event, "call_sid": call_sid})
+
+
 async def _keep_outcome(outcomes: Outcomes, summary: CallSummary) -> None:
     """Remember how the stream ended for `/twilio/stream-ended` (which may ask another replica)."""
     if not summary.call_sid or summary.end_reason is None:
         return
-    try:
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + RECORD_SAVE_TIMEOUT_S
-            await outcomes.put(summary.call_sid, summary.end_reason.value)
-    except Exception:
-        log.exception(
-            "call outcome not kept", extra={"event": "call.outcome", "call_sid": summary.call_sid}
-        )
+    write = outcomes.put(summary.call_sid, summary.end_reason.value)
+    await _keep("call outcome", "call.outcome", summary.call_sid, write)
 
 
 async def _keep_record(store: CallStore | None, report: CallReport) -> None:
-    """Save a finished call's record; a database problem is logged, never the caller's problem."""
-    if store is None:
-        return
-    try:
-        # Shielded: a server shutting down (or a client going) must not cut a write in half; and
-        # bounded, so a stuck database cannot hold the call's task for ever.
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + RECORD_SAVE_TIMEOUT_S
-            await store.save(report)
-        if scope.cancelled_caught:
-            log.error(
-                "call record not saved: the database did not answer in time",
-                extra={"event": "call.record", "call_sid": report.call_sid},
-            )
-    except Exception:
-        log.exception(
-            "call record not saved", extra={"event": "call.record", "call_sid": report.call_sid}
-        )
+    """Save a finished call's record (`call_store`)."""
+    if store is not None:
+        await _keep("call record", "call.record", report.call_sid, store.save(report))
 
 
 def create_app(

@@ -217,7 +217,11 @@ class UplinkConverter:
         return self._upsampler.delay_ms
 
     def convert(self, mulaw: bytes) -> bytes:
-        return self._upsampler.process(mulaw_to_pcm16(mulaw))
+        return self.convert_pcm(mulaw_to_pcm16(mulaw))
+
+    def convert_pcm(self, pcm8k: bytes) -> bytes:
+        """The same, from audio already decoded (the bridge decodes each frame once)."""
+        return self._upsampler.process(pcm8k)
 
     def flush(self) -> bytes:
         return self._upsampler.flush()

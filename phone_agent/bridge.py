@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from phone_agent import gemini
 from phone_agent.admission import TOKEN_PARAMETER, AdmissionError, StreamTokens
-from phone_agent.audio import DownlinkConverter, UplinkConverter
+from phone_agent.audio import DownlinkConverter, UplinkConverter, mulaw_to_pcm16
 from phone_agent.call_control import CallControl, CallControlError
 from phone_agent.call_report import CallReport
 from phone_agent.capabilities import CONSERVATIVE, ModelCapabilities
@@ -430,11 +430,12 @@ class CallBridge:
                 self.summary.frames_in += 1
                 if event.gap_ms:
                     self.summary.gap_fill_ms += event.gap_ms
-                    filler = SILENCE_BYTE * (event.gap_ms * MULAW_BYTES_PER_MS)
+                    filler = mulaw_to_pcm16(SILENCE_BYTE * (event.gap_ms * MULAW_BYTES_PER_MS))
                     self.observer.caller_audio(filler)
-                    await link.send_audio(self.uplink.convert(filler))
-                self.observer.caller_audio(event.payload)
-                await link.send_audio(self.uplink.convert(event.payload))
+                    await link.send_audio(self.uplink.convert_pcm(filler))
+                pcm = mulaw_to_pcm16(event.payload)  # decoded once: levels, VAD, upsampling
+                self.observer.caller_audio(pcm)
+                await link.send_audio(self.uplink.convert_pcm(pcm))
                 if link.caller_speaking:
                     self._silence.activity(self.clock())
                 link.check_handover()

@@ -187,7 +187,7 @@ class CallFixture:
         if sealed and cipher is None:
             raise FixtureError(f"{path}: an encrypted fixture needs the data key")
         data = self.dumps()
-        if Path(path.stem if sealed else path.name).suffix == ".gz":
+        if _gzipped(path):
             data = gzip.compress(data, mtime=0)
         if sealed and cipher is not None:
             data = cipher.encrypt(data)
@@ -207,7 +207,7 @@ class CallFixture:
             raw = path.read_bytes()
             if sealed and cipher is not None:
                 raw = cipher.decrypt(raw)
-            if Path(path.stem if sealed else path.name).suffix == ".gz":
+            if _gzipped(path):
                 raw = gzip.decompress(raw)
             data = orjson.loads(raw)
         except (OSError, EOFError, gzip.BadGzipFile, orjson.JSONDecodeError) as exc:
@@ -218,6 +218,12 @@ class CallFixture:
             return cls.from_dict(data)
         except FixtureError as exc:
             raise FixtureError(f"{path}: {exc}") from None
+
+
+def _gzipped(path: Path) -> bool:
+    """`x.json.gz` and `x.json.gz.enc` hold gzip (under the seal, for the latter)."""
+    name = path.stem if path.suffix == ENCRYPTED_SUFFIX else path.name
+    return name.endswith(".gz")
 
 
 def _timed_dict(message: TimedMessage) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from phone_agent import gemini
-from phone_agent.audio import mulaw_to_pcm16
 from phone_agent.call_report import (
     CallReport,
     ToolUse,
@@ -44,7 +43,7 @@ log = logging.getLogger("phone_agent.calls")
 
 SPEECH_END_SILENCE_MS = 500
 CALLER_RATE = 8000
-_WINDOW_BYTES = CALLER_RATE * 20 // 1000  # one 20 ms mu-law frame, Twilio's usual
+_WINDOW_BYTES = 2 * CALLER_RATE * 20 // 1000  # one 20 ms PCM16 frame, Twilio's usual
 ERROR_REASONS = frozenset(
     {
         "protocol_error",
@@ -84,7 +83,6 @@ class CallObserver:
         self.caller_levels = AudioLevels()
         self.agent_levels = AudioLevels()
         self._vad = EnergyVad(silence_ms=SPEECH_END_SILENCE_MS, window_ms=20)
-        self._vad_partial = False
         self.speech_ends_ms: list[float] = []
         self._seen_generations: set[int] = set()
         self._heard_generations: set[int] = set()
@@ -109,16 +107,14 @@ class CallObserver:
     def _ms(self, at: float) -> float:
         return (at - self.origin) * 1000.0
 
-    def caller_audio(self, mulaw: bytes) -> None:
-        """Every caller frame (and gap filler), in order."""
-        pcm = mulaw_to_pcm16(mulaw)
+    def caller_audio(self, pcm: bytes) -> None:
+        """Every caller frame (and gap filler), in order, decoded: 8 kHz PCM16."""
         power = self.caller_levels.feed(pcm)
-        if len(mulaw) == _WINDOW_BYTES and not self._vad_partial:
-            event = self._vad.feed_window(power, CALLER_RATE)
+        if len(pcm) == _WINDOW_BYTES and not self._vad.pending:
+            event = self._vad.feed_window(power, CALLER_RATE)  # the level measured just now
             events = [event] if event is not None else []
         else:  # frames that are not 20 ms: the detector windows them itself
             events = self._vad.feed(pcm, CALLER_RATE)
-            self._vad_partial = (len(mulaw) % _WINDOW_BYTES) != 0 or self._vad_partial
         for event in events:
             if isinstance(event, SpeechEnded):
                 self.speech_ends_ms.append(event.at_ms - SPEECH_END_SILENCE_MS)

@@ -69,6 +69,11 @@ class EnergyVad:
         self.speaking = False
 
     @property
+    def pending(self) -> bool:
+        """Part of a window is buffered (`feed_window` must wait for it to complete)."""
+        return bool(self._pending)
+
+    @property
     def audio_ms(self) -> float:
         """Audio time consumed so far (complete windows only)."""
         return self._audio_ms

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phone_agent.audio import pcm16_to_mulaw
+from phone_agent.audio import mulaw_to_pcm16, pcm16_to_mulaw
 from phone_agent.bridge import CallSummary, EndReason
 from phone_agent.gemini import Usage
 from phone_agent.metrics import Metrics
@@ -21,7 +21,7 @@ def frames(amplitude: float, ms: int) -> list[bytes]:
     for _ in range(ms // 20):
         t = np.arange(n)
         pcm = (amplitude * np.sin(2 * np.pi * 300 * t / 8000)).astype("<i2").tobytes()
-        out.append(pcm16_to_mulaw(pcm))
+        out.append(mulaw_to_pcm16(pcm16_to_mulaw(pcm)))  # as the bridge decodes Twilio's frames
     return out
 
 

@@ -220,8 +220,8 @@ class SoftphoneObserver(CallObserver):
         self._channel = channel
         self._publish({"type": "started", "call_sid": call_sid})
 
-    def caller_audio(self, mulaw: bytes) -> None:
-        super().caller_audio(mulaw)
+    def caller_audio(self, pcm: bytes) -> None:
+        super().caller_audio(pcm)
         self._sync_transcript()
 
     def audio_sent(self, turn: TurnPlayback | None) -> None:
