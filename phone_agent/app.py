@@ -321,6 +321,7 @@ def create_app(
         silence_hang_up_s=settings.silence_hang_up_s,
         max_call_s=settings.max_call_s,
         max_unheard_s=settings.max_unheard_s,
+        memory_recall_timeout_s=settings.memory_recall_timeout_s,
     )
     recording = (
         RecordingPolicy(

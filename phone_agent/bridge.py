@@ -143,6 +143,7 @@ class CallOptions:
     """A phone that has not confirmed this much audio is not playing it (stopped reading): the
     call ends instead of buffering without bound."""
     retry_delays_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
+    memory_recall_timeout_s: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -371,13 +372,17 @@ class CallBridge:
         """Notes from the caller's earlier calls, for the system instruction; never a delay."""
         if self.memory is None or not self.context.caller_number:
             return ""
-        with anyio.move_on_after(0.3):
+        with anyio.move_on_after(self.options.memory_recall_timeout_s):
             try:
                 notes = await self.memory.recall(self.context.caller_number)
             except Exception:
                 log.warning("caller memory unavailable", exc_info=True, extra={"event": "memory"})
                 return ""
             return memory_prompt(notes)
+        log.warning(
+            "caller memory too slow: the call starts without the caller's notes",
+            extra={"event": "memory", "timeout_s": self.options.memory_recall_timeout_s},
+        )
         return ""
 
     async def _save_recording(self) -> None:

@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         "remember_for_next_call tool.",
     )
     memory_ttl_days: int = Field(default=90, ge=1, le=365, description="How long notes are kept.")
+    memory_recall_timeout_s: float = Field(
+        default=0.3,
+        gt=0,
+        le=5,
+        description="How long a call's start may wait for the caller's notes; slower, the call "
+        "goes on without them (and the log says so).",
+    )
     record: Literal["off", "consented", "all"] = Field(
         default="off",
         description="Record calls as replayable fixtures: off, only calls whose TwiML carries "
